@@ -1,0 +1,42 @@
+# Set-up and tests. `make setup` prepares everything and produces the default model;
+# `make test` runs the tests (and does the set-up first when it has not been done).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+MODELS := models
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup test lint default-model clean-model
+
+setup: $(VENV)/.installed $(MODELS)/default/CURRENT
+
+# torch==2.13.0 is the CPU build (on the CI machines it is installed from local disk); it is
+# installed first so that the `train` extra's `torch>=2.3` is already satisfied.
+# clip-anytorch is OpenAI's reference code, used only by the parity tests; --no-deps keeps its
+# torchvision requirement out (torchvision cannot live beside this torch build).
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[server,train,dev]'
+	$(BIN)/pip install --quiet --no-deps clip-anytorch==2.6.0
+	touch $@
+
+# The default model: tiny preset, synthetic data, about 5 minutes on 2 CPU cores.
+$(MODELS)/default/CURRENT: | $(VENV)/.installed
+	$(BIN)/zeroshot train --preset tiny --data synthetic --out runs/default
+	$(BIN)/zeroshot export --checkpoint runs/default/checkpoints/last.pt --out $(MODELS)/default
+	$(BIN)/zeroshot eval $(MODELS)/default
+
+default-model: $(MODELS)/default/CURRENT
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: setup lint
+	$(BIN)/python -m pytest -q
+
+clean-model:
+	rm -rf runs/default $(MODELS)/default

@@ -1,0 +1,119 @@
+"""ONNX Runtime encoders over a model bundle: the one code path that turns pixels and token ids into
+features, used by the server and by `zeroshot eval` / `zeroshot export` alike. Torch-free."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import onnxruntime as ort
+
+from model.bundle import IMAGE_ENCODER, TEXT_ENCODER, TOKENIZER, Bundle, BundleError
+from model.preprocess import PreprocessConfig
+from model.tokenizer import ClipTokenizer
+
+log = logging.getLogger(__name__)
+
+Device = Literal["auto", "cuda", "cpu"]
+
+
+def choose_providers(device: Device) -> list[str]:
+    """Execution providers for a device setting; CUDA only when this onnxruntime build offers it."""
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "cuda":
+        raise BundleError(f"device=cuda asked for, but onnxruntime offers only {', '.join(available)}")
+    return ["CPUExecutionProvider"]
+
+
+def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=axis, keepdims=True)
+    return x / np.maximum(norm, 1e-12)
+
+
+class OnnxEncoders:
+    """Image and text encoder sessions of one bundle, with the bundle's tokenizer and preprocessing."""
+
+    def __init__(self, bundle: Bundle, device: Device = "auto", intra_op_threads: int | None = None) -> None:
+        self.bundle = bundle
+        self.providers = choose_providers(device)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = intra_op_threads or (os.cpu_count() or 1)
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.image_session = self._session(IMAGE_ENCODER, opts)
+        self.text_session = self._session(TEXT_ENCODER, opts)
+        self.provider = self.image_session.get_providers()[0]
+        self.tokenizer = ClipTokenizer.from_file(
+            bundle.file(TOKENIZER), context_length=int(bundle.architecture["context_length"])
+        )
+        self.preprocess = PreprocessConfig.from_dict(bundle.manifest["preprocessing"])
+        self.embed_dim = int(bundle.architecture["embed_dim"])
+        self._check_signatures()
+        log.info("loaded %s/%s on %s", bundle.name, bundle.version, self.provider)
+
+    def _session(self, name: str, opts: ort.SessionOptions) -> ort.InferenceSession:
+        path = self.bundle.file(name)
+        try:
+            return ort.InferenceSession(str(path), sess_options=opts, providers=self.providers)
+        except Exception as e:  # onnxruntime raises its own untyped errors for a bad file
+            raise BundleError(f"{path} cannot be loaded by onnxruntime: {e}") from None
+
+    def _check_signatures(self) -> None:
+        """Refuse a bundle whose encoders do not have the shapes the manifest promises."""
+        size = int(self.bundle.architecture["image_size"])
+        expect = {
+            IMAGE_ENCODER: (self.image_session, "pixel_values", [3, size, size], "image_features"),
+            TEXT_ENCODER: (self.text_session, "input_ids", None, "text_features"),
+        }
+        for fname, (sess, in_name, in_tail, out_name) in expect.items():
+            inputs, outputs = sess.get_inputs(), sess.get_outputs()
+            if [i.name for i in inputs] != [in_name] or [o.name for o in outputs] != [out_name]:
+                raise BundleError(
+                    f"{self.bundle.file(fname)}: expected input {in_name!r} and output {out_name!r}, found "
+                    f"{[i.name for i in inputs]} -> {[o.name for o in outputs]}"
+                )
+            if in_tail is not None and list(inputs[0].shape[1:]) != in_tail:
+                raise BundleError(
+                    f"{self.bundle.file(fname)}: input shape {inputs[0].shape} "
+                    f"does not match image_size {size}"
+                )
+            if outputs[0].shape[-1] != self.embed_dim:
+                raise BundleError(
+                    f"{self.bundle.file(fname)}: output width {outputs[0].shape[-1]} is not "
+                    f"embed_dim {self.embed_dim}"
+                )
+
+    def encode_images(self, pixel_values: np.ndarray) -> np.ndarray:
+        """[B, 3, S, S] float32 -> [B, E] L2-normalized float32."""
+        out = self.image_session.run(None, {"pixel_values": np.ascontiguousarray(pixel_values, np.float32)})
+        return l2_normalize(out[0].astype(np.float32, copy=False))
+
+    def encode_token_ids(self, input_ids: np.ndarray) -> np.ndarray:
+        """[B, L] int64 -> [B, E] L2-normalized float32."""
+        out = self.text_session.run(None, {"input_ids": np.ascontiguousarray(input_ids, np.int64)})
+        return l2_normalize(out[0].astype(np.float32, copy=False))
+
+    def encode_texts(
+        self, texts: Sequence[str], batch_size: int = 256, pad_to: int | None = None
+    ) -> np.ndarray:
+        """Texts -> [N, E] normalized features; each batch padded only to its longest prompt by default.
+
+        Texts are sorted by token length first so that batches hold prompts of similar length.
+        """
+        if not texts:
+            return np.zeros((0, self.embed_dim), np.float32)
+        lengths = self.tokenizer.token_lengths(texts)
+        order = np.argsort(lengths, kind="stable")
+        out = np.empty((len(texts), self.embed_dim), np.float32)
+        for start in range(0, len(texts), batch_size):
+            idx = order[start : start + batch_size]
+            ids = self.tokenizer.encode_batch([texts[i] for i in idx], pad_to=pad_to)
+            out[idx] = self.encode_token_ids(ids)
+        return out

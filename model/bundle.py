@@ -1,0 +1,251 @@
+"""Model bundles: the one contract between training and serving (see DESIGN.md).
+
+A bundle is a folder ``models/<name>/<version>/`` holding two ONNX encoders, the tokenizer and a
+manifest; ``models/<name>/CURRENT`` names the version to serve. Bundles are written to a temporary
+folder and renamed into place, and CURRENT is replaced atomically, so a crash never leaves half a
+model where a server can see it. Torch-free: the server imports this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+IMAGE_ENCODER = "image_encoder.onnx"
+TEXT_ENCODER = "text_encoder.onnx"
+TOKENIZER = "tokenizer.json"
+CURRENT = "CURRENT"
+REQUIRED_FILES = (IMAGE_ENCODER, TEXT_ENCODER, TOKENIZER)
+REQUIRED_KEYS = (
+    "format_version",
+    "name",
+    "version",
+    "architecture",
+    "preprocessing",
+    "logit_scale",
+    "tokenizer",
+    "files",
+)
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class BundleError(Exception):
+    """A bundle that cannot be served; the message names the file and what is wrong with it."""
+
+
+def check_name(kind: str, value: str) -> str:
+    """Names and versions become folder names: refuse anything that could escape the models folder."""
+    if not _NAME_RE.match(value) or value in (".", ".."):
+        raise BundleError(f"invalid {kind} {value!r}: use letters, digits, '.', '_' and '-' (max 128)")
+    return value
+
+
+def new_version() -> str:
+    """A sortable, unique-enough version string: UTC time to the second."""
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A validated bundle on disk."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest["name"])
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest["version"])
+
+    @property
+    def sha(self) -> str:
+        """One hash for the whole bundle: the hash of the manifest, which holds every file's hash."""
+        return hashlib.sha256((self.path / MANIFEST).read_bytes()).hexdigest()
+
+    @property
+    def architecture(self) -> dict[str, Any]:
+        return dict(self.manifest["architecture"])
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.manifest["logit_scale"])
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def eval_results(self) -> dict[str, Any] | None:
+        p = self.path / "eval.json"
+        if not p.exists():
+            return None
+        try:
+            return dict(json.loads(p.read_text()))
+        except (OSError, ValueError) as e:
+            log.warning("ignoring unreadable %s: %s", p, e)
+            return None
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    mpath = path / MANIFEST
+    if not path.is_dir():
+        raise BundleError(f"bundle folder {path} does not exist")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except FileNotFoundError:
+        raise BundleError(f"{mpath} is missing") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise BundleError(f"{mpath} is not valid JSON: {e}") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{mpath} must hold a JSON object")
+    missing = [k for k in REQUIRED_KEYS if k not in manifest]
+    if missing:
+        raise BundleError(f"{mpath} lacks {', '.join(missing)}")
+    if manifest["format_version"] != FORMAT_VERSION:
+        raise BundleError(f"{mpath}: format_version {manifest['format_version']!r} is not {FORMAT_VERSION}")
+    return manifest
+
+
+def load_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
+    """Read and check a bundle: manifest keys, every required file present, every hash matching."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    files = manifest["files"]
+    for name in REQUIRED_FILES:
+        if name not in files:
+            raise BundleError(f"{path / MANIFEST} does not list {name}")
+    for name, meta in files.items():
+        fpath = path / name
+        if not fpath.is_file():
+            raise BundleError(f"{fpath} is listed in the manifest but missing")
+        if fpath.stat().st_size != meta.get("bytes", fpath.stat().st_size):
+            raise BundleError(f"{fpath} has {fpath.stat().st_size} bytes, manifest says {meta['bytes']}")
+        if verify_hashes and sha256_file(fpath) != meta["sha256"]:
+            raise BundleError(f"{fpath} does not match its sha256 in the manifest (corrupt or altered)")
+    return Bundle(path, manifest)
+
+
+def read_current(model_dir: str | Path) -> str:
+    """The version named by models/<name>/CURRENT."""
+    p = Path(model_dir) / CURRENT
+    try:
+        version = p.read_text().strip()
+    except FileNotFoundError:
+        raise BundleError(f"{p} is missing: no version of this model has been published") from None
+    return check_name("version", version)
+
+
+def current_bundle(model_dir: str | Path, verify_hashes: bool = True) -> Bundle:
+    model_dir = Path(model_dir)
+    return load_bundle(model_dir / read_current(model_dir), verify_hashes)
+
+
+def set_current(model_dir: str | Path, version: str) -> None:
+    """Point CURRENT at a version atomically (write a temporary file, then rename over)."""
+    model_dir = Path(model_dir)
+    check_name("version", version)
+    if not (model_dir / version / MANIFEST).is_file():
+        raise BundleError(f"cannot publish {model_dir / version}: it is not a bundle")
+    fd, tmp = tempfile.mkstemp(prefix=".CURRENT.", dir=model_dir)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(version + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, model_dir / CURRENT)
+        _fsync_dir(model_dir)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    log.info("published %s as CURRENT of %s", version, model_dir)
+
+
+def write_bundle(
+    model_dir: str | Path,
+    version: str,
+    manifest: Mapping[str, Any],
+    write_files: Callable[[Path], Mapping[str, Any] | None],
+) -> Bundle:
+    """Write a bundle atomically.
+
+    ``write_files(tmpdir)`` writes the ONNX files and tokenizer (and any extras) into a temporary
+    folder beside the target and may return more manifest entries (parity figures, say); this
+    function hashes the files, adds the manifest and renames the folder into place. Nothing is
+    visible at ``model_dir/version`` until it is complete, and an exception leaves nothing behind.
+    """
+    model_dir = Path(model_dir)
+    check_name("model name", model_dir.name)
+    check_name("version", version)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    target = model_dir / version
+    if target.exists():
+        raise BundleError(f"{target} already exists; choose another version")
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir))
+    try:
+        extra = write_files(tmp) or {}
+        files = {}
+        for f in sorted(tmp.iterdir()):
+            if f.is_file() and f.name != MANIFEST:
+                files[f.name] = {"sha256": sha256_file(f), "bytes": f.stat().st_size}
+        full = {
+            "format_version": FORMAT_VERSION,
+            "name": model_dir.name,
+            "version": version,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            **manifest,
+            **extra,
+            "files": files,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
+        for f in tmp.iterdir():
+            with f.open("rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+        os.rename(tmp, target)
+        _fsync_dir(model_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("wrote bundle %s", target)
+    return load_bundle(target)
+
+
+def update_eval(bundle: Bundle, results: Mapping[str, Any]) -> None:
+    """Write eval.json beside a bundle (not part of the hashed files: it may be refreshed later)."""
+    p = bundle.path / "eval.json"
+    fd, tmp = tempfile.mkstemp(prefix=".eval.", dir=bundle.path)
+    with os.fdopen(fd, "w") as f:
+        json.dump(results, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, p)

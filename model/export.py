@@ -1,0 +1,231 @@
+"""Export a CLIP model to an ONNX model bundle, check it against torch, publish it atomically.
+
+The image encoder takes [B, 3, S, S] and the text encoder [B, L] with both B and L dynamic, so the
+server pads prompts only to the longest in a batch. Before a bundle becomes visible its encoders run
+in onnxruntime on real inputs and must agree with torch: by default within 1e-4 max abs difference
+on L2-normalized features (fp32 ONNX against fp32 torch is typically ~1e-6; 1e-4 leaves room for
+kernel differences while still catching any wrong op, which shows up as 1e-2 or more).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.bundle import (
+    IMAGE_ENCODER,
+    TEXT_ENCODER,
+    TOKENIZER,
+    Bundle,
+    new_version,
+    set_current,
+    write_bundle,
+)
+from model.clip import CLIP
+from model.preprocess import PreprocessConfig
+from model.tokenizer import ClipTokenizer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TOLERANCE = 1e-4
+OPSET = 18
+
+
+class ExportError(Exception):
+    """Export failed or the exported encoders disagree with torch; nothing was published."""
+
+
+class _ImageEncoder(nn.Module):
+    def __init__(self, model: CLIP) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixel_values)
+
+
+class _TextEncoder(nn.Module):
+    def __init__(self, model: CLIP) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(input_ids)
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporter logs and warns a lot that is not about our model (torchvision ops, deprecations)."""
+    names = ["torch.onnx", "torch.export", "torch._dynamo", "onnxscript"]
+    levels = {n: logging.getLogger(n).level for n in names}
+    for n in names:
+        logging.getLogger(n).setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for n, lvl in levels.items():
+            logging.getLogger(n).setLevel(lvl)
+
+
+def export_onnx(model: CLIP, out_dir: Path) -> None:
+    """Write image_encoder.onnx and text_encoder.onnx (fp32, dynamic batch and sequence) into out_dir."""
+    model = model.eval().float()
+    s = model.config.vision.image_size
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    seq = torch.export.Dim("seq", min=2, max=model.config.text.context_length)
+    ids = torch.zeros(2, 5, dtype=torch.long)
+    ids[:, 0], ids[:, 1:4], ids[:, 4] = 1, 2, model.config.text.eot_id
+    jobs: list[tuple[nn.Module, tuple[torch.Tensor], str, str, str, dict[int, Any]]] = [
+        (
+            _ImageEncoder(model),
+            (torch.zeros(2, 3, s, s),),
+            "pixel_values",
+            "image_features",
+            IMAGE_ENCODER,
+            {0: batch},
+        ),
+        (_TextEncoder(model), (ids,), "input_ids", "text_features", TEXT_ENCODER, {0: batch, 1: seq}),
+    ]
+    for module, args, in_name, out_name, fname, dims in jobs:
+        try:
+            with _quiet_exporter(), torch.no_grad():
+                torch.onnx.export(
+                    module.eval(),
+                    args,
+                    str(out_dir / fname),
+                    input_names=[in_name],
+                    output_names=[out_name],
+                    dynamic_shapes=(dims,),
+                    dynamo=True,
+                    external_data=False,
+                    opset_version=OPSET,
+                )
+        except Exception as e:  # the exporter raises many kinds; say which file failed and why
+            raise ExportError(f"exporting {fname} failed: {type(e).__name__}: {e}") from e
+
+
+@dataclass
+class Parity:
+    image_max_abs_diff: float
+    text_max_abs_diff: float
+    tolerance: float
+    images_checked: int
+    texts_checked: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        return dict(self.__dict__)
+
+
+def check_parity(
+    model: CLIP, out_dir: Path, images: np.ndarray, token_ids: Sequence[np.ndarray], tolerance: float
+) -> Parity:
+    """Run both ONNX files in onnxruntime and compare normalized features with torch."""
+    model = model.eval().float()
+    img_sess = ort.InferenceSession(str(out_dir / IMAGE_ENCODER), providers=["CPUExecutionProvider"])
+    txt_sess = ort.InferenceSession(str(out_dir / TEXT_ENCODER), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        ref = F.normalize(model.encode_image(torch.from_numpy(images)), dim=-1).numpy()
+    got = img_sess.run(None, {"pixel_values": images})[0]
+    got /= np.linalg.norm(got, axis=-1, keepdims=True)
+    img_diff = float(np.abs(ref - got).max())
+    txt_diff, n_txt = 0.0, 0
+    for ids in token_ids:  # batches of different padded lengths exercise the dynamic sequence axis
+        with torch.no_grad():
+            ref = F.normalize(model.encode_text(torch.from_numpy(ids)), dim=-1).numpy()
+        got = txt_sess.run(None, {"input_ids": ids})[0]
+        got /= np.linalg.norm(got, axis=-1, keepdims=True)
+        txt_diff, n_txt = max(txt_diff, float(np.abs(ref - got).max())), n_txt + len(ids)
+    parity = Parity(img_diff, txt_diff, tolerance, len(images), n_txt)
+    log.info(
+        "ONNX vs torch: image max abs diff %.2e, text %.2e (tolerance %.0e)", img_diff, txt_diff, tolerance
+    )
+    if not (img_diff <= tolerance and txt_diff <= tolerance):  # `not <=` also catches NaN
+        raise ExportError(
+            f"ONNX encoders disagree with torch beyond {tolerance:.0e}: "
+            f"image {img_diff:.2e}, text {txt_diff:.2e}; "
+            "nothing was published"
+        )
+    return parity
+
+
+def export_bundle(
+    model: CLIP,
+    tokenizer: ClipTokenizer,
+    model_dir: str | Path,
+    sample_images: np.ndarray,
+    sample_texts: Sequence[str],
+    version: str | None = None,
+    preprocess: PreprocessConfig | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    publish: bool = True,
+    extra_manifest: dict[str, Any] | None = None,
+) -> Bundle:
+    """Export, check parity, write the bundle atomically and (by default) make it CURRENT.
+
+    ``sample_images`` are preprocessed real images [N, 3, S, S]; ``sample_texts`` real prompts.
+    """
+    cfg = model.config
+    preprocess = preprocess or PreprocessConfig(image_size=cfg.vision.image_size)
+    if preprocess.image_size != cfg.vision.image_size:
+        raise ExportError(
+            f"preprocessing size {preprocess.image_size} != model image size {cfg.vision.image_size}"
+        )
+    if tokenizer.vocab_size > cfg.text.vocab_size or tokenizer.eot_id != cfg.text.eot_id:
+        raise ExportError(
+            f"tokenizer (vocab {tokenizer.vocab_size}, eot {tokenizer.eot_id}) does not fit the model "
+            f"(vocab {cfg.text.vocab_size}, eot {cfg.text.eot_id})"
+        )
+    texts = list(sample_texts)
+    half = max(1, len(texts) // 2)
+    token_batches = [tokenizer.encode_batch(texts[:half]), tokenizer.encode_batch(texts[half:], pad_to=None)]
+    token_batches.append(tokenizer.encode_batch(texts[:8], pad_to=cfg.text.context_length))
+    token_batches = [b for b in token_batches if len(b)]
+    images = np.ascontiguousarray(sample_images, dtype=np.float32)
+
+    def write_files(tmp: Path) -> dict[str, Any]:
+        log.info("exporting ONNX encoders")
+        export_onnx(model, tmp)
+        parity = check_parity(model, tmp, images, token_batches, tolerance)
+        tokenizer.save(tmp / TOKENIZER)
+        return {"parity": parity.as_dict()}
+
+    manifest = {
+        "architecture": {
+            "embed_dim": cfg.embed_dim,
+            "image_size": cfg.vision.image_size,
+            "context_length": cfg.text.context_length,
+            "vocab_size": cfg.text.vocab_size,
+            "image_tower": cfg.vision.kind,
+            "activation": cfg.activation,
+            "config": cfg.to_dict(),
+        },
+        "preprocessing": preprocess.to_dict(),
+        "logit_scale": float(model.logit_scale.detach().exp().clamp(max=100.0)),
+        "tokenizer": tokenizer.facts(),
+        "onnx": {
+            "opset": OPSET,
+            "image_input": "pixel_values",
+            "text_input": "input_ids",
+            "dtype": "float32",
+        },
+        **(extra_manifest or {}),
+    }
+    model_dir = Path(model_dir)
+    bundle = write_bundle(model_dir, version or new_version(), manifest, write_files)
+    if publish:
+        set_current(model_dir, bundle.version)
+    return bundle

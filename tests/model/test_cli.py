@@ -1,0 +1,94 @@
+"""The management command as a user runs it: one-line errors, no tracebacks, no stub subcommands."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.clip import build_model
+from model.train import TrainConfig, save_checkpoint
+
+
+def zeroshot(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, "-m", "model.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+        env=env,
+    )
+
+
+def assert_one_line_error(r: subprocess.CompletedProcess[str], needle: str) -> None:
+    assert r.returncode == 1, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip() and " INFO " not in ln]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("zeroshot: error: ") and needle in lines[0], lines[0]
+    assert "Traceback" not in r.stderr
+
+
+def test_help_lists_exactly_the_built_subcommands() -> None:
+    r = zeroshot("--help")
+    assert r.returncode == 0
+    assert "{train,export,eval}" in r.stdout
+
+
+def test_unknown_preset(tmp_path: Path) -> None:
+    assert_one_line_error(
+        zeroshot("train", "--preset", "ViT-Z-99", "--out", str(tmp_path)), "unknown preset 'ViT-Z-99'"
+    )
+
+
+def test_missing_and_corrupt_checkpoints(tmp_path: Path) -> None:
+    assert_one_line_error(zeroshot("export", "--checkpoint", str(tmp_path / "nope.pt")), "does not exist")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(os.urandom(2048))
+    assert_one_line_error(zeroshot("export", "--checkpoint", str(bad)), "cannot be read")
+    assert_one_line_error(
+        zeroshot("train", "--resume", str(bad), "--out", str(tmp_path / "r")), "cannot be read"
+    )
+
+
+def test_missing_bundle_and_bad_templates(tmp_path: Path) -> None:
+    assert_one_line_error(zeroshot("eval", str(tmp_path / "none")), "does not exist")
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "CURRENT").write_text("v9\n")
+    assert_one_line_error(zeroshot("eval", str(tmp_path / "m")), "does not exist")
+    assert_one_line_error(zeroshot("eval", str(tmp_path / "m"), "--templates", "klingon"), "klingon")
+
+
+def test_missing_and_invalid_config_files(tmp_path: Path) -> None:
+    assert_one_line_error(zeroshot("train", "--config", str(tmp_path / "c.json")), "does not exist")
+    (tmp_path / "c.json").write_text("{oops")
+    assert_one_line_error(zeroshot("train", "--config", str(tmp_path / "c.json")), "not valid JSON")
+    (tmp_path / "c.json").write_text('{"stepz": 3}')
+    assert_one_line_error(
+        zeroshot("train", "--config", str(tmp_path / "c.json")), "unknown train config keys: stepz"
+    )
+
+
+@pytest.mark.slow
+def test_export_then_eval_from_a_checkpoint(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    cfg = TrainConfig()
+    opt = torch.optim.AdamW(model.parameters())
+    save_checkpoint(tmp_path / "c.pt", model, opt, 0, cfg)
+    r = zeroshot(
+        "export", "--checkpoint", str(tmp_path / "c.pt"), "--out", str(tmp_path / "m"), "--version", "v1"
+    )
+    assert r.returncode == 0, r.stderr
+    assert "published" in r.stdout and (tmp_path / "m" / "CURRENT").read_text().strip() == "v1"
+    r = zeroshot(
+        "eval", str(tmp_path / "m"), "--heldout-images", "36", "--seen-images", "60", "--templates", "default"
+    )
+    assert r.returncode == 0, r.stderr
+    assert "weakest held-out pair" in r.stdout
+    assert (tmp_path / "m" / "v1" / "eval.json").is_file()

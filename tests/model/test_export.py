@@ -1,0 +1,101 @@
+"""Export of a small random model: parity figures, refusal to publish, dynamic text length in ONNX."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from app.runtime.encoders import OnnxEncoders
+from model.bundle import CURRENT, current_bundle, load_bundle, read_current
+from model.clip import build_model
+from model.data.synthetic import SyntheticShapes
+from model.export import ExportError, export_bundle
+from model.preprocess import PreprocessConfig, preprocess_image
+from model.tokenizer import ClipTokenizer
+
+TEXTS = [
+    "a red circle",
+    "there is a small blue square on the left",
+    "a photo of a dog.",
+    "x",
+    "ümlaut & emoji 🎉",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny() -> torch.nn.Module:
+    torch.manual_seed(0)
+    m = build_model("tiny").eval()
+    for mod in m.modules():  # give BatchNorm non-trivial statistics so eval mode is really tested
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 2.0)
+            mod.weight.data.uniform_(0.5, 1.5)
+    return m
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    shapes = SyntheticShapes(image_size=64, seed=3, split="all", length=6)
+    return np.stack([preprocess_image(s.image, PreprocessConfig(image_size=64)) for s in shapes])
+
+
+def test_export_publishes_a_valid_bundle(tiny: torch.nn.Module, images: np.ndarray, tmp_path: Path) -> None:
+    tok = ClipTokenizer.clip_bpe()
+    b = export_bundle(tiny, tok, tmp_path / "m", images, TEXTS, version="v1")
+    assert read_current(tmp_path / "m") == "v1"
+    m = b.manifest
+    assert m["architecture"]["embed_dim"] == 128 and m["architecture"]["image_size"] == 64
+    assert m["preprocessing"]["image_size"] == 64
+    assert m["tokenizer"]["eot_id"] == 49407
+    assert m["parity"]["image_max_abs_diff"] <= 1e-4 and m["parity"]["text_max_abs_diff"] <= 1e-4
+    assert m["logit_scale"] == pytest.approx(1 / 0.07, rel=1e-4)
+    assert load_bundle(b.path).sha == b.sha
+
+    enc = OnnxEncoders(b, device="cpu")
+    with torch.no_grad():
+        ref = torch.nn.functional.normalize(tiny.encode_image(torch.from_numpy(images)), dim=-1).numpy()
+    assert np.abs(enc.encode_images(images) - ref).max() <= 1e-4
+    # The ONNX text encoder takes any length: padding to the longest equals padding to 77.
+    dyn = enc.encode_token_ids(tok.encode_batch(TEXTS))
+    full = enc.encode_token_ids(tok.encode_batch(TEXTS, pad_to=77))
+    assert tok.encode_batch(TEXTS).shape[1] < 77
+    assert np.abs(dyn - full).max() <= 1e-5
+    # Batched, length-sorted encoding gives the same answer as one at a time.
+    one_by_one = np.concatenate([enc.encode_texts([t]) for t in TEXTS])
+    assert np.abs(enc.encode_texts(TEXTS, batch_size=2) - one_by_one).max() <= 1e-5
+
+
+def test_disagreeing_export_is_refused_and_nothing_is_published(
+    tiny: torch.nn.Module, images: np.ndarray, tmp_path: Path
+) -> None:
+    tok = ClipTokenizer.clip_bpe()
+    export_bundle(tiny, tok, tmp_path / "m", images, TEXTS, version="good")
+    with pytest.raises(ExportError, match="disagree with torch"):
+        export_bundle(tiny, tok, tmp_path / "m", images, TEXTS, version="bad", tolerance=-1.0)
+    assert read_current(tmp_path / "m") == "good"
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == sorted([CURRENT, "good"])
+    assert current_bundle(tmp_path / "m").version == "good"
+
+
+def test_export_without_publishing(tiny: torch.nn.Module, images: np.ndarray, tmp_path: Path) -> None:
+    export_bundle(tiny, ClipTokenizer.clip_bpe(), tmp_path / "m", images, TEXTS, version="v1", publish=False)
+    assert (tmp_path / "m" / "v1" / "manifest.json").is_file()
+    assert not (tmp_path / "m" / CURRENT).exists()
+
+
+def test_mismatched_preprocessing_is_refused(
+    tiny: torch.nn.Module, images: np.ndarray, tmp_path: Path
+) -> None:
+    with pytest.raises(ExportError, match="preprocessing size 224"):
+        export_bundle(
+            tiny,
+            ClipTokenizer.clip_bpe(),
+            tmp_path / "m",
+            images,
+            TEXTS,
+            preprocess=PreprocessConfig(image_size=224),
+        )
