@@ -37,12 +37,14 @@ def _bundle_path(arg: str) -> Path:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from model.clip import get_preset
-    from model.train import TrainConfig, train
+    from model.train import TrainConfig, load_checkpoint, train
 
     overrides: dict[str, Any] = {}
+    if args.resume:  # continue with the run's own settings; flags below still override them
+        overrides = dict(load_checkpoint(args.resume).get("train_config") or {})
     if args.config:
         try:
-            overrides = json.loads(Path(args.config).read_text())
+            overrides.update(json.loads(Path(args.config).read_text()))
         except FileNotFoundError:
             raise CliError(f"config file {args.config} does not exist") from None
         except ValueError as e:
@@ -60,7 +62,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     ):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
-    overrides["out_dir"] = args.out
+    if args.out is not None or "out_dir" not in overrides:
+        overrides["out_dir"] = args.out or "runs/default"
     cfg = TrainConfig.from_dict(overrides)
     get_preset(cfg.preset)  # fail fast on an unknown preset
     if cfg.data != "synthetic":
@@ -131,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset", help="model architecture: tiny, ViT-B-32, ViT-B-16, ViT-L-14, RN50 (default tiny)"
     )
     t.add_argument("--data", help="data source (default synthetic)")
-    t.add_argument("--out", default="runs/default", help="run folder: checkpoints, metrics, curves")
+    t.add_argument("--out", help="run folder: checkpoints, metrics, curves (default runs/default)")
     t.add_argument("--config", help="JSON file of TrainConfig fields; flags override it")
     t.add_argument("--steps", type=int)
     t.add_argument("--batch-size", type=int)

@@ -80,8 +80,10 @@ class CLIPConfig:
 _OPENAI_TEXT = TextConfig(width=512, heads=8, layers=12)
 
 # Architectures as data. OpenAI's dimensions for the published models; `tiny` was chosen by
-# measurement on a 2-core CPU (see README "Default model"): a small modified ResNet learns shape as
-# well as colour on 64 px images within minutes, where a ViT with 8 px patches learned colour only.
+# measurement on a 2-core CPU (README, "Default model"): a modified ResNet (5.3M parameters, stem
+# width 32) with a 1-layer text tower. Held-out top-1 after 900 steps, seeds 0 / 2: 97% / 100%.
+# Stem width 16 (1.4M) gave 92% at seed 0 and swung from 82% to 99% across seeds and settings; a
+# 3-layer text tower gave ~85%.
 PRESETS: dict[str, CLIPConfig] = {
     "ViT-B-32": CLIPConfig(512, VisionConfig("vit", 224, 768, 12, 32), _OPENAI_TEXT),
     "ViT-B-16": CLIPConfig(512, VisionConfig("vit", 224, 768, 12, 16), _OPENAI_TEXT),
@@ -89,7 +91,7 @@ PRESETS: dict[str, CLIPConfig] = {
     "RN50": CLIPConfig(1024, VisionConfig("resnet", 224, 64, (3, 4, 6, 3)), _OPENAI_TEXT),
     "tiny": CLIPConfig(
         128,
-        VisionConfig("resnet", 64, 16, (1, 1, 1, 1), heads=4),
+        VisionConfig("resnet", 64, 32, (1, 1, 1, 1), heads=4),
         TextConfig(width=128, heads=4, layers=1),
         activation="gelu",
     ),

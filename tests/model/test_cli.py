@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -92,3 +93,15 @@ def test_export_then_eval_from_a_checkpoint(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "weakest held-out pair" in r.stdout
     assert (tmp_path / "m" / "v1" / "eval.json").is_file()
+
+
+@pytest.mark.slow
+def test_resume_keeps_the_runs_own_settings(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    r = zeroshot("train", "--steps", "3", "--batch-size", "8", "--num-workers", "0", "--out", str(run))
+    assert r.returncode == 0, r.stderr
+    r = zeroshot("train", "--resume", str(run / "checkpoints" / "last.pt"), "--steps", "5")
+    assert r.returncode == 0, r.stderr
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2, 3, 4, 5]  # same folder, continued
+    assert json.loads((run / "train_config.json").read_text())["batch_size"] == 8
