@@ -81,9 +81,8 @@ _OPENAI_TEXT = TextConfig(width=512, heads=8, layers=12)
 
 # Architectures as data. OpenAI's dimensions for the published models; `tiny` was chosen by
 # measurement on a 2-core CPU (README, "Default model"): a modified ResNet (5.3M parameters, stem
-# width 32) with a 1-layer text tower. Held-out top-1 after 900 steps, seeds 0 / 2: 97% / 100%.
-# Stem width 16 (1.4M) gave 92% at seed 0 and swung from 82% to 99% across seeds and settings; a
-# 3-layer text tower gave ~85%.
+# width 32) with a 1-layer text tower. Stem width 16 (1.4M) swung from 82% to 99% held-out top-1
+# across seeds; a 3-layer text tower gave ~85%. Training recipe and figures: model/train.py, README.
 PRESETS: dict[str, CLIPConfig] = {
     "ViT-B-32": CLIPConfig(512, VisionConfig("vit", 224, 768, 12, 32), _OPENAI_TEXT),
     "ViT-B-16": CLIPConfig(512, VisionConfig("vit", 224, 768, 12, 16), _OPENAI_TEXT),

@@ -42,8 +42,10 @@ class TrainConfig:
     preset: str = "tiny"
     data: Literal["synthetic"] = "synthetic"
     out_dir: str = "runs/default"
-    steps: int = 900
-    batch_size: int = 128
+    # 450 x 256 images, about 4 minutes on 2 CPU cores. Measured against 900 x 128 (the same images):
+    # held-out top-1 93-99% over three runs instead of 84-100%: larger batches, more negatives.
+    steps: int = 450
+    batch_size: int = 256
     lr: float = 2e-3
     warmup_steps: int = 100
     min_lr_ratio: float = 0.02
