@@ -68,7 +68,7 @@ class _TextEncoder(nn.Module):
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
     """The exporter logs and warns a lot that is not about our model (torchvision ops, deprecations)."""
-    names = ["torch.onnx", "torch.export", "torch._dynamo", "onnxscript"]
+    names = ["torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "onnx_ir"]
     levels = {n: logging.getLogger(n).level for n in names}
     for n in names:
         logging.getLogger(n).setLevel(logging.ERROR)

@@ -58,7 +58,7 @@ class TrainConfig:
     num_workers: int = 1
     threads: int | None = None  # torch intra-op threads; None: all cores
     checkpoint_every: int = 300
-    eval_every: int = 150
+    eval_every: int = 50
     eval_images: int = 360
     max_minutes: float | None = None  # stop early (and checkpoint) when the time is up
     grad_clip: float | None = 1.0
