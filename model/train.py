@@ -11,8 +11,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -62,7 +61,6 @@ class TrainConfig:
     eval_images: int = 360
     max_minutes: float | None = None  # stop early (and checkpoint) when the time is up
     grad_clip: float | None = 1.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -207,10 +205,6 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> CLIP:
     return model.eval()
 
 
-def _batches(loader: DataLoader[Any]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    yield from loader
-
-
 def train(cfg: TrainConfig, resume: str | Path | None = None, stop_after: int | None = None) -> Path:
     """Train; returns the path of the last checkpoint. Curves and metrics go to cfg.out_dir.
 
@@ -260,7 +254,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, stop_after: int | 
     bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
     step = start
     with metrics_path.open("a") as metrics:
-        for step, (pixels, ids) in enumerate(_batches(loader), start=start):
+        for step, (pixels, ids) in enumerate(loader, start=start):
             lr = lr_at(step, cfg)
             for g in opt.param_groups:
                 g["lr"] = lr
