@@ -1,12 +1,12 @@
-# Set-up and tests. `make setup` prepares everything and produces the default model;
-# `make test` runs the tests (and does the set-up first when it has not been done).
+# `make serve` prepares everything (venv, dependencies, the default model) and runs the service;
+# `make test` runs the tests (doing the same set-up first when it has not been done).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 MODELS := models
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test lint default-model clean-model
+.PHONY: setup serve test lint default-model clean-model
 
 setup: $(VENV)/.installed $(MODELS)/default/CURRENT
 
@@ -29,6 +29,9 @@ $(MODELS)/default/CURRENT: | $(VENV)/.installed
 	$(BIN)/zeroshot eval $(MODELS)/default
 
 default-model: $(MODELS)/default/CURRENT
+
+serve: setup
+	$(BIN)/zeroshot serve --host $${HOST:-127.0.0.1} --port $${PORT:-8000}
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

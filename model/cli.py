@@ -1,4 +1,4 @@
-"""`zeroshot`: the management command (train, export, eval).
+"""`zeroshot`: the management command (train, export, eval, serve).
 
 Heavy imports (torch) happen inside the subcommands, so `zeroshot --help` is instant and a bad
 argument is reported before anything loads. Every expected failure is one line on stderr and exit 1.
@@ -122,6 +122,22 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(format_report(report))
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    try:
+        import uvicorn
+
+        from app.main import create_app
+        from app.settings import Settings
+    except ImportError as e:
+        raise CliError(f"{e.name} is not installed: pip install -e '.[server]'") from None
+    model_dir = Path(args.models) / args.model
+    from model.bundle import current_bundle
+
+    current_bundle(model_dir, verify_hashes=False)  # a missing model is a one-line error, not a 503 server
+    settings = Settings(models_dir=Path(args.models), model_name=args.model)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="zeroshot", description="Train, export and evaluate zero-shot CLIP models."
@@ -169,6 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--heldout-images", type=int, default=600)
     v.add_argument("--seen-images", type=int, default=1500)
     v.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("serve", help="serve the CURRENT bundle over HTTP (settings: ZEROSHOT_* variables)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--models", default=str(DEFAULT_MODELS), help="models folder (default models)")
+    s.add_argument("--model", default="default", help="model name (default default)")
+    s.set_defaults(func=cmd_serve)
     return p
 
 

@@ -1,0 +1,61 @@
+"""Domain errors -> HTTP, in one place, with one body shape: {"error": {"code", "message", "detail"}}."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from model.preprocess import ImageError
+from model.prompts import TemplateError
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, detail: Any = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.detail = status, code, message, detail
+
+
+def error_body(code: str, message: str, detail: Any = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "detail": detail}}
+
+
+def _json(status: int, code: str, message: str, detail: Any = None) -> JSONResponse:
+    return JSONResponse(error_body(code, message, detail), status_code=status)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api(_: Request, e: ApiError) -> JSONResponse:
+        return _json(e.status, e.code, e.message, e.detail)
+
+    @app.exception_handler(ImageError)
+    async def _image(_: Request, e: ImageError) -> JSONResponse:
+        return _json(e.status, e.code, e.message)
+
+    @app.exception_handler(TemplateError)
+    async def _templates(_: Request, e: TemplateError) -> JSONResponse:
+        return _json(422, e.code, e.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, e: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": list(err.get("loc", ())), "msg": err.get("msg", "")} for err in e.errors()]
+        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+        where = ".".join(str(x) for x in first["loc"][1:]) or "request"
+        return _json(422, "invalid_request", f"{where}: {first['msg']}", errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
+        return _json(e.status_code, code, str(e.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, e: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return _json(500, "internal_error", "internal server error")

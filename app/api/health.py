@@ -1,0 +1,42 @@
+"""Liveness, readiness and the model served."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from app.api.classify import get_runtime
+from app.api.errors import error_body
+
+router = APIRouter()
+
+
+@router.get("/healthz", summary="The process is alive")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="A model is loaded and warm (503 otherwise)")
+async def readyz(request: Request) -> JSONResponse:
+    if request.app.state.runtime is None:
+        body = error_body("model_unavailable", "no model is loaded", request.app.state.load_error)
+        return JSONResponse(body, status_code=503)
+    return JSONResponse({"status": "ready"})
+
+
+@router.get("/v1/models", summary="The bundle served")
+async def models(request: Request) -> dict[str, Any]:
+    rt = get_runtime(request)
+    b = rt.bundle
+    return {
+        "name": b.name,
+        "version": b.version,
+        "sha256": rt.sha,
+        "architecture": {k: v for k, v in b.architecture.items() if k != "config"},
+        "provider": rt.encoders.provider,
+        "logit_scale": b.logit_scale,
+        "eval": (b.eval_results() or {}).get("summary"),
+        "label_cache": {"hits": rt.cache.hits, "misses": rt.cache.misses, "bytes": rt.cache.bytes},
+    }
