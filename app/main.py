@@ -2,31 +2,41 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
 
-from app.api import classify, errors, health
-from app.runtime.service import ModelRuntime
+from app.api import admin, classify, errors, health
+from app.runtime.reload import ModelHolder, watch
 from app.settings import Settings
-from model.bundle import BundleError
 
 log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    holder = ModelHolder(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        try:
-            app.state.runtime = ModelRuntime(settings)
-        except BundleError as e:  # not ready: /readyz says why, /healthz still answers
-            log.error("no model loaded: %s", e)
-            app.state.load_error = str(e)
+        result = await run_in_threadpool(holder.reload)  # not ready until loaded and warm
+        if result.error:
+            log.error("no model loaded: %s", result.error)
+        task = (
+            asyncio.create_task(watch(holder, settings.reload_interval_s))
+            if settings.reload_interval_s
+            else None
+        )
         yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     app = FastAPI(
         title="zeroshot",
@@ -35,9 +45,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Zero-shot image classification with CLIP over ONNX model bundles.",
     )
     app.state.settings = settings
-    app.state.runtime = None
-    app.state.load_error = "the model is still loading"
+    app.state.holder = holder
     errors.install(app)
     app.include_router(health.router)
     app.include_router(classify.router)
+    app.include_router(admin.router)
     return app

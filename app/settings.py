@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     max_labels_per_request: int = Field(default=1000, ge=1)
     allowed_formats: Annotated[frozenset[str], NoDecode] = DEFAULT_FORMATS  # "JPEG,PNG" or a JSON list
     default_top_k: int = Field(default=5, ge=1)
+    reload_interval_s: float = Field(default=2.0, ge=0, description="how often CURRENT is checked; 0: never")
+    admin_token: str | None = Field(default=None, description="enables /v1/admin/*; unset: admin routes off")
     label_cache_bytes: int = Field(
         default=256 * 1024 * 1024, ge=0, description="LRU bound of the label cache"
     )

@@ -132,6 +132,8 @@ def read_manifest(path: Path) -> dict[str, Any]:
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
     if missing:
         raise BundleError(f"{mpath} lacks {', '.join(missing)}")
+    if manifest["version"] != path.name:
+        raise BundleError(f"{mpath} says version {manifest['version']!r}, but the folder is {path.name!r}")
     if manifest["format_version"] != FORMAT_VERSION:
         raise BundleError(f"{mpath}: format_version {manifest['format_version']!r} is not {FORMAT_VERSION}")
     return manifest

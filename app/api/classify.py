@@ -19,9 +19,10 @@ router = APIRouter()
 
 
 def get_runtime(request: Request) -> ModelRuntime:
-    runtime: ModelRuntime | None = request.app.state.runtime
+    """The runtime at the time of the call: a reload swaps the holder's, never this request's."""
+    runtime: ModelRuntime | None = request.app.state.holder.runtime
     if runtime is None:
-        raise ApiError(503, "model_unavailable", "no model is loaded", request.app.state.load_error)
+        raise ApiError(503, "model_unavailable", "no model is loaded", request.app.state.holder.error)
     return runtime
 
 

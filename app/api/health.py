@@ -20,8 +20,8 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", summary="A model is loaded and warm (503 otherwise)")
 async def readyz(request: Request) -> JSONResponse:
-    if request.app.state.runtime is None:
-        body = error_body("model_unavailable", "no model is loaded", request.app.state.load_error)
+    if request.app.state.holder.runtime is None:
+        body = error_body("model_unavailable", "no model is loaded", request.app.state.holder.error)
         return JSONResponse(body, status_code=503)
     return JSONResponse({"status": "ready"})
 
@@ -39,4 +39,5 @@ async def models(request: Request) -> dict[str, Any]:
         "logit_scale": b.logit_scale,
         "eval": (b.eval_results() or {}).get("summary"),
         "label_cache": {"hits": rt.cache.hits, "misses": rt.cache.misses, "bytes": rt.cache.bytes},
+        "reload_error": request.app.state.holder.error,
     }

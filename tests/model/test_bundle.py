@@ -86,3 +86,10 @@ def test_current_is_replaced_not_rewritten(tmp_path: Path) -> None:
     set_current(tmp_path / "m", "v2")
     assert read_current(tmp_path / "m") == "v2"
     assert (tmp_path / "m" / CURRENT).stat().st_ino != inode  # a new file renamed over: atomic
+
+
+def test_manifest_version_must_match_its_folder(tmp_path: Path) -> None:
+    b = write_bundle(tmp_path / "m", "v1", MANIFEST, _write)
+    b.path.rename(tmp_path / "m" / "v2")  # a copy renamed by hand is not the version it claims
+    with pytest.raises(BundleError, match="says version 'v1', but the folder is 'v2'"):
+        load_bundle(tmp_path / "m" / "v2")

@@ -1,0 +1,78 @@
+"""Hot reload: watch models/<name>/CURRENT and swap in a new bundle once it is loaded and warm.
+
+A new bundle is validated, loaded and warmed beside the old one, then swapped in with one attribute
+assignment; a request holds the runtime it started with, so requests in flight finish on their model.
+A bundle that fails to load is refused and reported, and the old model keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+
+from app.runtime.service import ModelRuntime
+from app.settings import Settings
+from model.bundle import BundleError, read_current
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReloadResult:
+    changed: bool
+    version: str | None
+    error: str | None = None
+
+
+class ModelHolder:
+    """The runtime being served, swapped atomically; at most one load runs at a time."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.runtime: ModelRuntime | None = None
+        self.error: str | None = "the model is still loading"
+        self._lock = threading.Lock()
+
+    @property
+    def model_dir(self) -> Any:
+        return self.settings.models_dir / self.settings.model_name
+
+    def reload(self) -> ReloadResult:
+        """Load CURRENT if it names a version other than the one served (blocking; call off the loop)."""
+        with self._lock:
+            try:
+                version = read_current(self.model_dir)
+            except BundleError as e:
+                self.error = str(e)
+                return ReloadResult(False, None, self.error)
+            if self.runtime is not None and self.runtime.bundle.version == version:
+                return ReloadResult(False, version)
+            try:
+                fresh = ModelRuntime(self.settings)
+            except Exception as e:  # a broken bundle must never take the serving model down
+                self.error = f"version {version} refused: {e}"
+                log.error("reload refused: %s", self.error)
+                return ReloadResult(False, version, self.error)
+            old, self.runtime, self.error = self.runtime, fresh, None
+            log.info(
+                "now serving %s/%s (was %s)",
+                fresh.bundle.name,
+                version,
+                old.bundle.version if old else "nothing",
+            )
+            return ReloadResult(True, version)
+
+
+async def watch(holder: ModelHolder, interval_s: float) -> None:
+    """Poll CURRENT every interval_s seconds (cheap: one small file read) until cancelled."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await run_in_threadpool(holder.reload)
+        except Exception:  # keep watching whatever happens
+            log.exception("reload check failed")

@@ -1,0 +1,108 @@
+"""Hot reload: a new version published under CURRENT is served without a restart; a broken one is
+refused and the old model keeps serving; admin routes are off without a token."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.settings import Settings
+from model.bundle import current_bundle, set_current
+from model.data.synthetic import SyntheticShapes
+from tests.conftest import DEFAULT_MODEL_DIR
+
+AUTH = {"Authorization": "Bearer s3cret"}
+
+
+def publish_copy(model_dir: Path, version: str, corrupt: bool = False) -> None:
+    """Publish a copy of the default bundle under a new version (optionally with a damaged encoder)."""
+    src = current_bundle(DEFAULT_MODEL_DIR).path
+    dst = model_dir / version
+    shutil.copytree(src, dst)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    manifest["version"] = version
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    if corrupt:
+        with (dst / "image_encoder.onnx").open("r+b") as f:
+            f.seek(1000)
+            f.write(b"\x00" * 64)
+    set_current(model_dir, version)
+
+
+@pytest.fixture
+def models(tmp_path: Path) -> Path:
+    if not (DEFAULT_MODEL_DIR / "CURRENT").exists():
+        pytest.fail(f"{DEFAULT_MODEL_DIR} has no CURRENT: run `make setup` first (make test does)")
+    publish_copy(tmp_path / "m", "v1")
+    return tmp_path
+
+
+def request(c: TestClient) -> str:
+    buf = io.BytesIO()
+    SyntheticShapes(64, seed=1, split="all", length=1)[0].image.save(buf, format="PNG")
+    r = c.post(
+        "/v1/classify",
+        files=[("image", ("x.png", buf.getvalue(), "image/png"))],
+        data={"labels": ["red circle", "blue square"]},
+    )
+    assert r.status_code == 200, r.text
+    return str(r.json()["model"]["version"])
+
+
+def test_admin_reload_swaps_and_refuses_broken_bundles(models: Path) -> None:
+    s = Settings(models_dir=models, model_name="m", device="cpu", reload_interval_s=0, admin_token="s3cret")
+    with TestClient(create_app(s)) as c:
+        assert request(c) == "v1"
+        assert c.post("/v1/admin/reload", headers=AUTH).json() == {"changed": False, "version": "v1"}
+        publish_copy(models / "m", "v2")
+        assert c.post("/v1/admin/reload", headers=AUTH).json() == {"changed": True, "version": "v2"}
+        assert request(c) == "v2"
+        publish_copy(models / "m", "v3", corrupt=True)
+        r = c.post("/v1/admin/reload", headers=AUTH)
+        assert r.status_code == 409 and "image_encoder.onnx" in r.json()["error"]["message"]
+        assert request(c) == "v2"  # the old model keeps serving
+        m = c.get("/v1/models").json()
+        assert m["version"] == "v2" and "v3 refused" in m["reload_error"]
+        assert c.get("/readyz").status_code == 200
+
+
+def test_admin_routes_need_a_configured_token(models: Path) -> None:
+    off = Settings(models_dir=models, model_name="m", device="cpu", reload_interval_s=0)
+    with TestClient(create_app(off)) as c:
+        r = c.post("/v1/admin/reload", headers=AUTH)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "admin_disabled"
+    on = Settings(models_dir=models, model_name="m", device="cpu", reload_interval_s=0, admin_token="s3cret")
+    with TestClient(create_app(on)) as c:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cre"}):
+            r = c.post("/v1/admin/reload", headers=headers)
+            assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+
+
+def test_watcher_picks_up_a_new_version_with_no_failed_request(models: Path) -> None:
+    s = Settings(models_dir=models, model_name="m", device="cpu", reload_interval_s=0.1)
+    with TestClient(create_app(s)) as c:
+        seen = [request(c)]
+        publish_copy(models / "m", "v2")
+        deadline = time.monotonic() + 30
+        while seen[-1] != "v2" and time.monotonic() < deadline:
+            seen.append(request(c))  # every request must succeed while the swap happens
+        assert seen[0] == "v1" and seen[-1] == "v2"
+
+
+def test_a_model_published_after_start_makes_the_service_ready(tmp_path: Path) -> None:
+    s = Settings(models_dir=tmp_path, model_name="m", device="cpu", reload_interval_s=0.1)
+    with TestClient(create_app(s)) as c:
+        assert c.get("/readyz").status_code == 503
+        (tmp_path / "m").mkdir()
+        publish_copy(tmp_path / "m", "v1")
+        deadline = time.monotonic() + 30
+        while c.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert request(c) == "v1"
