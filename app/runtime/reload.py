@@ -11,7 +11,7 @@ import asyncio
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
 
 from starlette.concurrency import run_in_threadpool
 
@@ -39,7 +39,7 @@ class ModelHolder:
         self._lock = threading.Lock()
 
     @property
-    def model_dir(self) -> Any:
+    def model_dir(self) -> Path:
         return self.settings.models_dir / self.settings.model_name
 
     def reload(self) -> ReloadResult:
