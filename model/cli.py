@@ -130,11 +130,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
         from app.settings import Settings
     except ImportError as e:
         raise CliError(f"{e.name} is not installed: pip install -e '.[server]'") from None
-    model_dir = Path(args.models) / args.model
     from model.bundle import current_bundle
 
-    current_bundle(model_dir, verify_hashes=False)  # a missing model is a one-line error, not a 503 server
-    settings = Settings(models_dir=Path(args.models), model_name=args.model)
+    given = {"models_dir": args.models, "model_name": args.model}
+    settings = Settings(**{k: v for k, v in given.items() if v is not None})  # flags over ZEROSHOT_*
+    # a missing model is a one-line error here, not a server that answers 503
+    current_bundle(settings.models_dir / settings.model_name, verify_hashes=False)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
 
 
@@ -189,8 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="serve the CURRENT bundle over HTTP (settings: ZEROSHOT_* variables)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--models", default=str(DEFAULT_MODELS), help="models folder (default models)")
-    s.add_argument("--model", default="default", help="model name (default default)")
+    s.add_argument("--models", help="models folder (default: $ZEROSHOT_MODELS_DIR or models)")
+    s.add_argument("--model", help="model name (default: $ZEROSHOT_MODEL_NAME or default)")
     s.set_defaults(func=cmd_serve)
     return p
 

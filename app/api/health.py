@@ -5,10 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 
 from app.api.classify import get_runtime
-from app.api.errors import error_body
 
 router = APIRouter()
 
@@ -19,11 +17,9 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", summary="A model is loaded and warm (503 otherwise)")
-async def readyz(request: Request) -> JSONResponse:
-    if request.app.state.holder.runtime is None:
-        body = error_body("model_unavailable", "no model is loaded", request.app.state.holder.error)
-        return JSONResponse(body, status_code=503)
-    return JSONResponse({"status": "ready"})
+async def readyz(request: Request) -> dict[str, str]:
+    get_runtime(request)  # 503 model_unavailable, with the reason, until a model is loaded and warm
+    return {"status": "ready"}
 
 
 @router.get("/v1/models", summary="The bundle served")

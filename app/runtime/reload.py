@@ -53,7 +53,7 @@ class ModelHolder:
             if self.runtime is not None and self.runtime.bundle.version == version:
                 return ReloadResult(False, version)
             try:
-                fresh = ModelRuntime(self.settings)
+                fresh = ModelRuntime(self.settings, version)
             except Exception as e:  # a broken bundle must never take the serving model down
                 self.error = f"version {version} refused: {e}"
                 log.error("reload refused: %s", self.error)

@@ -14,7 +14,7 @@ import numpy as np
 from app.runtime.classifier import label_matrix, scores
 from app.runtime.encoders import OnnxEncoders
 from app.settings import Settings
-from model.bundle import Bundle, current_bundle
+from model.bundle import Bundle, load_bundle
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +75,9 @@ class LabelScore:
 class ModelRuntime:
     """One loaded bundle. Thread-safe: onnxruntime sessions may be run from several threads."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, version: str) -> None:
         self.settings = settings
-        self.bundle: Bundle = current_bundle(settings.models_dir / settings.model_name)
+        self.bundle: Bundle = load_bundle(settings.models_dir / settings.model_name / version)
         self.encoders = OnnxEncoders(self.bundle, settings.device, settings.intra_op_threads)
         self.sha = self.bundle.sha
         self.cache = LabelCache(settings.label_cache_bytes)

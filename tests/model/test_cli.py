@@ -105,3 +105,14 @@ def test_resume_keeps_the_runs_own_settings(tmp_path: Path) -> None:
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [1, 2, 3, 4, 5]  # same folder, continued
     assert json.loads((run / "train_config.json").read_text())["batch_size"] == 8
+
+
+def test_serve_without_a_model_is_a_one_line_error_and_reads_the_environment(tmp_path: Path) -> None:
+    env = {**os.environ, "ZEROSHOT_MODELS_DIR": str(tmp_path / "env-models"), "PYTHONWARNINGS": "ignore"}
+    r = subprocess.run(
+        [sys.executable, "-m", "model.cli", "serve"], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert_one_line_error(r, f"{tmp_path / 'env-models' / 'default' / 'CURRENT'} is missing")
+    assert_one_line_error(
+        zeroshot("serve", "--models", str(tmp_path), "--model", "m"), "m/CURRENT is missing"
+    )
