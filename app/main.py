@@ -11,8 +11,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from app.api import admin, classify, errors, health
+from app.api import admin, classify, embeddings, errors, health, label_sets, metrics, page
+from app.api.inputs import BodyLimitMiddleware, body_limit
+from app.metrics import Metrics, MetricsMiddleware
+from app.runtime.batcher import ImageBatcher
+from app.runtime.label_sets import LabelSetStore
 from app.runtime.reload import ModelHolder, watch
+from app.runtime.service import LabelCache
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -20,10 +25,15 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    holder = ModelHolder(settings)
+    cache = LabelCache(settings.label_cache_bytes)
+    holder = ModelHolder(settings, cache)
+    batcher = ImageBatcher(settings.max_batch, settings.max_wait_ms, settings.max_queue)
+    telemetry = Metrics(holder, batcher, cache)
+    batcher.on_batch = telemetry.on_batch
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        batcher.start()
         result = await run_in_threadpool(holder.reload)  # not ready until loaded and warm
         if result.error:
             log.error("no model loaded: %s", result.error)
@@ -33,21 +43,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             else None
         )
         yield
+        app.state.draining = True  # /readyz answers 503 from now on
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await run_in_threadpool(batcher.close)  # answers what is queued, then stops
 
     app = FastAPI(
         title="zeroshot",
         version="0.1.0",
         lifespan=lifespan,
-        description="Zero-shot image classification with CLIP over ONNX model bundles.",
+        description="Zero-shot image classification with CLIP over ONNX model bundles. "
+        'Errors always have the body {"error": {"code", "message", "detail"}}.',
     )
     app.state.settings = settings
     app.state.holder = holder
+    app.state.batcher = batcher
+    app.state.metrics = telemetry
+    app.state.label_sets = LabelSetStore(settings.label_sets_dir)
+    app.state.draining = False
     errors.install(app)
-    app.include_router(health.router)
-    app.include_router(classify.router)
-    app.include_router(admin.router)
+    for module in (health, classify, embeddings, label_sets, admin, metrics, page):
+        app.include_router(module.router)
+    app.add_middleware(BodyLimitMiddleware, limit=body_limit(settings))
+    app.add_middleware(MetricsMiddleware, metrics=lambda: telemetry)
     return app

@@ -6,38 +6,91 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from model.preprocess import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS
 
 
+def _split(v: object) -> object:
+    """A comma/space separated string or a JSON array -> a list of strings."""
+    if isinstance(v, str):
+        return json.loads(v) if v.lstrip().startswith("[") else [s for s in v.replace(",", " ").split() if s]
+    return v
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ZEROSHOT_", protected_namespaces=())
 
+    # the model
     models_dir: Path = Field(default=Path("models"), description="folder that holds models/<name>/CURRENT")
     model_name: str = Field(default="default", description="which model folder to serve")
-    device: Literal["auto", "cuda", "cpu"] = "auto"
-    intra_op_threads: int | None = Field(
-        default=None, ge=1, description="onnxruntime threads; default: all cores"
+    device: Literal["auto", "cuda", "cpu"] = Field(
+        default="auto", description="auto: CUDA when onnxruntime offers it and a GPU answers, else CPU"
     )
-    max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024, description="per image file")
-    max_image_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
-    max_images_per_request: int = Field(default=16, ge=1)
-    max_labels_per_request: int = Field(default=1000, ge=1)
-    allowed_formats: Annotated[frozenset[str], NoDecode] = DEFAULT_FORMATS  # "JPEG,PNG" or a JSON list
-    default_top_k: int = Field(default=5, ge=1)
+    intra_op_threads: int | None = Field(
+        default=None, ge=1, description="onnxruntime threads per session; default: all cores"
+    )
     reload_interval_s: float = Field(default=2.0, ge=0, description="how often CURRENT is checked; 0: never")
-    admin_token: str | None = Field(default=None, description="enables /v1/admin/*; unset: admin routes off")
+    # the image micro-batcher
+    max_batch: int = Field(default=32, ge=1, le=1024, description="images per image-encoder call")
+    max_wait_ms: float = Field(
+        default=2.0, ge=0, le=10_000, description="how long a batch waits for more images once it has one"
+    )
+    max_queue: int = Field(
+        default=256, ge=1, description="images waiting for the encoder; beyond it: 503 + Retry-After"
+    )
+    queue_timeout_s: float = Field(
+        default=30.0, gt=0, description="a request still queued after this long is dropped (503)"
+    )
+    retry_after_s: int = Field(default=1, ge=0, description="the Retry-After sent with 503 overloaded")
+    # request limits
+    max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024, description="per image file")
+    max_image_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1, description="checked before decoding")
+    max_images_per_request: int = Field(default=16, ge=1)
+    max_labels_per_request: int = Field(default=1000, ge=1, description="also texts per embeddings call")
+    allowed_formats: Annotated[frozenset[str], NoDecode] = Field(
+        default=DEFAULT_FORMATS, description='"JPEG,PNG" or a JSON list; others get 415'
+    )
+    default_top_k: int = Field(default=5, ge=1)
+    # label sets and the label-embedding cache
+    label_sets_dir: Path = Field(
+        default=Path("label-sets"), description="registered label sets and their embeddings (writable)"
+    )
     label_cache_bytes: int = Field(
-        default=256 * 1024 * 1024, ge=0, description="LRU bound of the label cache"
+        default=256 * 1024 * 1024, ge=0, description="LRU bound of the in-memory label-embedding cache"
+    )
+    # auth
+    api_keys: Annotated[frozenset[str], NoDecode] = Field(
+        default=frozenset(), description="keys accepted for /v1 (comma list); empty: /v1 is open"
+    )
+    admin_token: str | None = Field(
+        default=None, description="enables reload and label-set changes; unset: those routes are off"
     )
 
     @field_validator("allowed_formats", mode="before")
     @classmethod
     def _upper(cls, v: object) -> object:
-        if isinstance(v, str):
-            v = json.loads(v) if v.lstrip().startswith("[") else [s for s in v.replace(",", " ").split() if s]
+        v = _split(v)
         if isinstance(v, list | tuple | set | frozenset):
             return frozenset(str(s).upper() for s in v)
         return v
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _keys(cls, v: object) -> object:
+        v = _split(v)
+        if isinstance(v, list | tuple | set | frozenset):
+            return frozenset(str(s) for s in v if str(s))
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.max_queue < self.max_images_per_request:
+            raise ValueError(
+                f"max_queue ({self.max_queue}) must hold one full request "
+                f"(max_images_per_request={self.max_images_per_request})"
+            )
+        if self.admin_token is not None and len(self.admin_token) < 8:
+            raise ValueError("admin_token must be at least 8 characters")
+        return self

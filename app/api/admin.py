@@ -2,37 +2,28 @@
 
 from __future__ import annotations
 
-import hmac
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
+from app.api.auth import Admin
 from app.api.errors import ApiError
+from app.api.schemas import ERRORS
 
 router = APIRouter()
 
 
-def require_admin(request: Request, authorization: str | None) -> None:
-    token: str | None = request.app.state.settings.admin_token
-    if not token:
-        raise ApiError(
-            404, "admin_disabled", "admin routes are disabled: set ZEROSHOT_ADMIN_TOKEN to enable them"
-        )
-    given = (authorization or "").removeprefix("Bearer ").strip()
-    if not hmac.compare_digest(given.encode(), token.encode()):
-        raise ApiError(401, "unauthorized", "a valid admin token is required (Authorization: Bearer ...)")
-
-
-@router.post("/v1/admin/reload", summary="Load the CURRENT bundle now, if it changed")
-async def reload(request: Request, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
-    require_admin(request, authorization)
-    result = await run_in_threadpool(request.app.state.holder.reload)
+@router.post(
+    "/v1/admin/reload",
+    summary="Load the CURRENT bundle now, if it changed",
+    dependencies=[Admin],
+    responses={**ERRORS, 409: {"description": "the new bundle was refused; the old one keeps serving"}},
+)
+async def reload(request: Request) -> dict[str, Any]:
+    holder = request.app.state.holder
+    result = await run_in_threadpool(holder.reload)
     if result.error:
-        raise ApiError(
-            409,
-            "reload_failed",
-            result.error,
-            {"serving": request.app.state.holder.runtime and request.app.state.holder.runtime.bundle.version},
-        )
+        serving = holder.runtime.bundle.version if holder.runtime else None
+        raise ApiError(409, "reload_failed", result.error, {"serving": serving})
     return {"changed": result.changed, "version": result.version}

@@ -1,102 +1,167 @@
-"""POST /v1/classify: images + candidate labels -> labels ranked by cosine similarity."""
+"""POST /v1/classify: images + candidate labels -> labels ranked by cosine similarity.
+
+One endpoint, two body kinds: multipart/form-data with image files, or JSON with base64 images.
+"""
 
 from __future__ import annotations
 
-import json
+import asyncio
 import time
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
+from app.api import deps
+from app.api.auth import ApiKey
 from app.api.errors import ApiError
+from app.api.inputs import (
+    JSON,
+    MULTIPART,
+    URLENCODED,
+    ImagesIn,
+    check_labels,
+    content_type,
+    parse_labels,
+    parse_top_k,
+    read_form,
+    read_json,
+)
+from app.api.schemas import ERRORS, TEMPLATES_DOC, ClassifyJson, ClassifyResponse
 from app.runtime.service import ModelRuntime
-from model.preprocess import preprocess_bytes
 from model.prompts import resolve_templates
 
-router = APIRouter()
+router = APIRouter(dependencies=[ApiKey])
+
+MULTIPART_SCHEMA = {
+    "type": "object",
+    "required": ["image"],
+    "properties": {
+        "image": {
+            "type": "array",
+            "items": {"type": "string", "format": "binary"},
+            "description": "image files",
+        },
+        "labels": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "candidate labels: repeated fields, or one field holding a JSON array",
+        },
+        "label_set": {"type": "string", "description": "a registered label set, instead of labels"},
+        "templates": {"type": "string", "description": TEMPLATES_DOC + " (as a JSON array)"},
+        "top_k": {"type": "integer", "minimum": 1, "description": "labels returned per image"},
+    },
+}
 
 
-def get_runtime(request: Request) -> ModelRuntime:
-    """The runtime at the time of the call: a reload swaps the holder's, never this request's."""
-    runtime: ModelRuntime | None = request.app.state.holder.runtime
-    if runtime is None:
-        raise ApiError(503, "model_unavailable", "no model is loaded", request.app.state.holder.error)
-    return runtime
-
-
-def parse_labels(raw: list[str], max_labels: int) -> list[str]:
-    """Repeated `labels` fields, or one field holding a JSON array of strings."""
-    labels = raw
-    if len(raw) == 1 and raw[0].lstrip().startswith("["):
-        try:
-            labels = json.loads(raw[0])
-        except ValueError as e:
-            raise ApiError(422, "invalid_labels", f"labels is not a valid JSON array: {e}") from None
-        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-            raise ApiError(422, "invalid_labels", "labels must be a JSON array of strings")
-    if not labels:
-        raise ApiError(422, "invalid_labels", "at least one label is required")
-    if len(labels) > max_labels:
-        raise ApiError(422, "too_many_labels", f"{len(labels)} labels; at most {max_labels} per request")
-    seen: set[str] = set()
-    for lb in labels:
-        if not lb.strip():
-            raise ApiError(422, "invalid_labels", "labels must not be empty or blank")
-        if any(ord(c) < 32 and c not in "\t" for c in lb):
-            raise ApiError(422, "invalid_labels", f"label {lb[:40]!r} contains control characters")
-        if lb in seen:
-            raise ApiError(422, "duplicate_labels", f"label {lb[:80]!r} is given more than once")
-        seen.add(lb)
-    return labels
-
-
-async def read_images(files: list[UploadFile], runtime: ModelRuntime) -> np.ndarray:
-    s = runtime.settings
-    if len(files) > s.max_images_per_request:
-        raise ApiError(413, "too_many_images", f"{len(files)} images; at most {s.max_images_per_request}")
-    out = []
-    for i, f in enumerate(files):
-        data = await f.read(s.max_upload_bytes + 1)
-        if len(data) > s.max_upload_bytes:
-            raise ApiError(413, "upload_too_large", f"image {i} is larger than {s.max_upload_bytes} bytes")
-        out.append(
-            await run_in_threadpool(
-                preprocess_bytes,
-                data,
-                runtime.encoders.preprocess,
-                allowed_formats=s.allowed_formats,
-                max_pixels=s.max_image_pixels,
-            )
-        )
-    return np.stack(out)
-
-
-@router.post("/v1/classify", summary="Rank candidate labels for one or more images")
-async def classify(
-    request: Request,
-    image: Annotated[list[UploadFile], File(description="one or more image files")],
-    labels: Annotated[list[str], Form(description="repeated fields, or one field with a JSON array")],
-    templates: Annotated[str | None, Form(description="a template set name or a JSON array")] = None,
-    top_k: Annotated[int | None, Form(ge=1, le=100_000)] = None,
-) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    runtime = get_runtime(request)
-    label_list = parse_labels(labels, runtime.settings.max_labels_per_request)
-    tmpl = resolve_templates(templates)
-    context = runtime.encoders.tokenizer.context_length
-    for lb, n in zip(label_list, runtime.token_length(label_list, tmpl), strict=True):
+def check_token_lengths(rt: ModelRuntime, labels: list[str], templates: tuple[str, ...]) -> None:
+    context = rt.encoders.tokenizer.context_length
+    for lb, n in zip(labels, rt.token_length(labels, templates), strict=True):
         if n > context:
             raise ApiError(
-                422, "label_too_long", f"label {lb[:60]!r} is {n} tokens with its template; max {context}"
+                422,
+                "label_too_long",
+                f"label {lb[:60]!r} is {n} tokens with its template; the model reads at most {context}",
+                {"label": lb[:200], "tokens": n, "context_length": context},
             )
-    pixels = await read_images(image, runtime)
-    k = min(top_k or runtime.settings.default_top_k, len(label_list))
+
+
+async def label_matrix(
+    request: Request, rt: ModelRuntime, label_set: str | None, labels: list[str] | None, templates: Any
+) -> tuple[list[str], np.ndarray | None, Any]:
+    """The labels and their matrix when cached (else None, and the blocking call that makes it)."""
+    if label_set is not None:
+        if labels is not None or templates is not None:
+            raise ApiError(
+                422, "invalid_request", "give label_set alone: the set has its own labels and templates"
+            )
+        ls = await run_in_threadpool(deps.label_sets(request).get, label_set)
+        m = rt.cache.cached_set(rt.sha, ls.labels, ls.templates)
+        return list(ls.labels), m, lambda: deps.label_sets(request).matrix(rt, ls)[0]
+    if labels is None:
+        raise ApiError(422, "invalid_labels", "give labels (the candidate labels) or label_set")
+    tmpl = resolve_templates(templates)
+    m = rt.cache.cached_set(rt.sha, labels, tmpl)
+    if m is None:
+        check_token_lengths(rt, labels, tmpl)
+    return labels, m, lambda: rt.label_matrix(labels, tmpl)
+
+
+async def run_classify(
+    request: Request,
+    rt: ModelRuntime,
+    images: ImagesIn,
+    labels: list[str],
+    matrix: np.ndarray | None,
+    build: Any,
+    top_k: Any,
+    t0: float,
+) -> dict[str, Any]:
+    s = deps.settings(request)
+    k = parse_top_k(top_k, s.default_top_k, len(labels))
+    pixels = await images.pixels(rt.encoders.preprocess, s)
     t1 = time.perf_counter()
-    results, timing = await run_in_threadpool(runtime.classify, pixels, label_list, tmpl, k)
+    encode = deps.batcher(request).encode(rt, pixels, s.queue_timeout_s)
+    if matrix is None:  # encode the labels and the images side by side
+        matrix, feats = await asyncio.gather(run_in_threadpool(build), encode)
+    else:
+        feats = await encode
+    t2 = time.perf_counter()
+    results = rt.rank(feats, labels, matrix, k)
     return {
-        "model": {"name": runtime.bundle.name, "version": runtime.bundle.version},
+        "model": deps.model_ref(rt),
         "results": [{"labels": [r.__dict__ for r in row]} for row in results],
-        "timing_ms": {"decode_ms": 1000 * (t1 - t0), **timing, "total_ms": 1000 * (time.perf_counter() - t0)},
+        "timing_ms": {
+            "decode_ms": round(1000 * (t1 - t0), 3),
+            "encode_ms": round(1000 * (t2 - t1), 3),
+            "total_ms": round(1000 * (time.perf_counter() - t0), 3),
+        },
     }
+
+
+@router.post(
+    "/v1/classify",
+    summary="Rank candidate labels for one or more images",
+    description="multipart/form-data with image files, or application/json with base64 images. "
+    "Labels come back sorted by cosine similarity, with softmax probabilities over the label set.",
+    response_model=None,
+    responses={200: {"model": ClassifyResponse}, **ERRORS},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                MULTIPART: {"schema": MULTIPART_SCHEMA},
+                JSON: {"schema": ClassifyJson.model_json_schema()},
+            },
+        }
+    },
+)
+async def classify(request: Request) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    rt = deps.get_runtime(request)
+    s = deps.settings(request)
+    kind = content_type(request)
+    if kind in (MULTIPART, URLENCODED):  # a form without files arrives urlencoded: say what is missing
+        form = await read_form(request, s)
+        raw_labels = [v for v in form.getlist("labels") if isinstance(v, str)]
+        label_set = form.get("label_set")
+        templates = form.get("templates")
+        for name, v in (("label_set", label_set), ("templates", templates)):
+            if v is not None and not isinstance(v, str):
+                raise ApiError(422, "invalid_request", f"{name} must be a text field, not a file")
+        labels = parse_labels(raw_labels, s.max_labels_per_request) if raw_labels else None
+        labels, matrix, build = await label_matrix(request, rt, label_set, labels, templates)
+        images = await ImagesIn.from_uploads(form.getlist("image"), s)
+        top_k: Any = form.get("top_k")
+    elif kind == JSON:
+        body = await read_json(request, ClassifyJson)
+        labels = None if body.labels is None else check_labels(body.labels, s.max_labels_per_request)
+        labels, matrix, build = await label_matrix(request, rt, body.label_set, labels, body.templates)
+        images = ImagesIn.from_base64(body.images, s)
+        top_k = body.top_k
+    else:
+        raise ApiError(
+            415, "unsupported_media_type", f"send {MULTIPART} or {JSON}, not {kind or 'no content type'}"
+        )
+    return await run_classify(request, rt, images, labels, matrix, build, top_k, t0)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from starlette.concurrency import run_in_threadpool
 
-from app.runtime.service import ModelRuntime
+from app.runtime.service import LabelCache, ModelRuntime
 from app.settings import Settings
 from model.bundle import BundleError, read_current
 
@@ -32,8 +32,9 @@ class ReloadResult:
 class ModelHolder:
     """The runtime being served, swapped atomically; at most one load runs at a time."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, cache: LabelCache | None = None) -> None:
         self.settings = settings
+        self.cache = cache if cache is not None else LabelCache(settings.label_cache_bytes)
         self.runtime: ModelRuntime | None = None
         self.error: str | None = "the model is still loading"
         self._lock = threading.Lock()
@@ -53,7 +54,7 @@ class ModelHolder:
             if self.runtime is not None and self.runtime.bundle.version == version:
                 return ReloadResult(False, version)
             try:
-                fresh = ModelRuntime(self.settings, version)
+                fresh = ModelRuntime(self.settings, version, self.cache)
             except Exception as e:  # a broken bundle must never take the serving model down
                 self.error = f"version {version} refused: {e}"
                 log.error("reload refused: %s", self.error)

@@ -18,7 +18,7 @@ from model.bundle import current_bundle, set_current
 from model.data.synthetic import SyntheticShapes
 from tests.conftest import DEFAULT_MODEL_DIR
 
-AUTH = {"Authorization": "Bearer s3cret"}
+AUTH = {"Authorization": "Bearer s3cret-token"}
 
 
 def publish_copy(model_dir: Path, version: str, corrupt: bool = False) -> None:
@@ -57,7 +57,7 @@ def request(c: TestClient) -> str:
 
 
 def test_admin_reload_swaps_and_refuses_broken_bundles(models: Path) -> None:
-    s = Settings(models_dir=models, model_name="m", device="cpu", reload_interval_s=0, admin_token="s3cret")
+    s = Settings(models_dir=models, model_name="m", device="cpu", reload_interval_s=0, admin_token="s3cret-token")
     with TestClient(create_app(s)) as c:
         assert request(c) == "v1"
         assert c.post("/v1/admin/reload", headers=AUTH).json() == {"changed": False, "version": "v1"}
@@ -77,8 +77,8 @@ def test_admin_routes_need_a_configured_token(models: Path) -> None:
     off = Settings(models_dir=models, model_name="m", device="cpu", reload_interval_s=0)
     with TestClient(create_app(off)) as c:
         r = c.post("/v1/admin/reload", headers=AUTH)
-        assert r.status_code == 404 and r.json()["error"]["code"] == "admin_disabled"
-    on = Settings(models_dir=models, model_name="m", device="cpu", reload_interval_s=0, admin_token="s3cret")
+        assert r.status_code == 403 and r.json()["error"]["code"] == "admin_disabled"
+    on = Settings(models_dir=models, model_name="m", device="cpu", reload_interval_s=0, admin_token="s3cret-token")
     with TestClient(create_app(on)) as c:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cre"}):
             r = c.post("/v1/admin/reload", headers=headers)

@@ -1,0 +1,69 @@
+"""API keys for /v1 and the admin token, compared in constant time.
+
+Keys come as `Authorization: Bearer <key>` or `X-API-Key: <key>`. Without ZEROSHOT_API_KEYS, /v1 is
+open; without ZEROSHOT_ADMIN_TOKEN the admin routes (reload, label-set changes) are disabled, not open.
+The admin token is also accepted wherever an API key is.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from app.api.errors import ApiError
+from app.settings import Settings
+
+
+def _given(authorization: str | None, x_api_key: str | None) -> str:
+    if x_api_key:
+        return x_api_key.strip()
+    auth = (authorization or "").strip()
+    return auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+
+
+def _matches(given: str, secrets: list[str]) -> bool:
+    """Compare against every secret (no early exit), each in constant time."""
+    ok = False
+    for s in secrets:
+        ok |= hmac.compare_digest(given.encode(), s.encode())
+    return ok
+
+
+def require_api_key(
+    request: Request,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> None:
+    s: Settings = request.app.state.settings
+    if not s.api_keys:
+        return
+    secrets = [*s.api_keys, *([s.admin_token] if s.admin_token else [])]
+    given = _given(authorization, x_api_key)
+    if not given:
+        raise ApiError(
+            401, "unauthorized", "an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key'"
+        )
+    if not _matches(given, secrets):
+        raise ApiError(401, "unauthorized", "the API key is not valid")
+
+
+def require_admin(
+    request: Request,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> None:
+    token = request.app.state.settings.admin_token
+    if not token:
+        raise ApiError(
+            403,
+            "admin_disabled",
+            "this route needs the admin token, and none is configured: set ZEROSHOT_ADMIN_TOKEN",
+        )
+    if not _matches(_given(authorization, x_api_key), [token]):
+        raise ApiError(401, "unauthorized", "a valid admin token is required (Authorization: Bearer ...)")
+
+
+ApiKey = Depends(require_api_key)
+Admin = Depends(require_admin)

@@ -1,0 +1,119 @@
+"""Request and response shapes, for validation of JSON bodies and for the OpenAPI schema."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TEMPLATES_DOC = (
+    'a template set name ("default" = "a photo of a {}.", "imagenet7", "imagenet80", "none") '
+    'or a list of strings containing "{}"'
+)
+
+
+class ClassifyJson(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"images": ["iVBORw0KGgo..."], "labels": ["red circle", "blue square"], "top_k": 2}]
+        },
+    )
+    images: list[str] = Field(description="base64-encoded image files (a data: URL prefix is accepted)")
+    labels: list[str] | None = Field(default=None, description="candidate labels (or give label_set)")
+    label_set: str | None = Field(default=None, description="the name of a registered label set")
+    templates: str | list[str] | None = Field(default=None, description=TEMPLATES_DOC)
+    top_k: int | None = Field(default=None, description="how many labels to return per image")
+
+
+class ImagesJson(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    images: list[str] = Field(description="base64-encoded image files (a data: URL prefix is accepted)")
+
+
+class TextsJson(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"texts": ["a photo of a red circle.", "a blue square"]}]},
+    )
+    texts: list[str] = Field(description="texts to embed")
+    templates: str | list[str] | None = Field(
+        default=None,
+        description="if given, each text is a label put into every template and the features averaged "
+        "(prompt ensembling); if not, each text is encoded as it is",
+    )
+
+
+class LabelSetPut(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"labels": ["cat", "dog", "bird"], "templates": "imagenet80"}]},
+    )
+    labels: list[str] = Field(description="the labels, in order")
+    templates: str | list[str] | None = Field(default=None, description=TEMPLATES_DOC)
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+
+
+class LabelScoreOut(BaseModel):
+    label: str
+    probability: float = Field(description="softmax(logit_scale x cosine) over the label set")
+    cosine: float = Field(description="cosine similarity of the image and the label embedding, in [-1, 1]")
+
+
+class ImageResult(BaseModel):
+    labels: list[LabelScoreOut] = Field(description="the top_k labels, highest cosine first")
+
+
+class ClassifyResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": {"name": "default", "version": "20261127-101500"},
+                    "results": [
+                        {
+                            "labels": [
+                                {"label": "red circle", "probability": 0.97, "cosine": 0.31},
+                                {"label": "blue square", "probability": 0.03, "cosine": 0.12},
+                            ]
+                        }
+                    ],
+                    "timing_ms": {"decode_ms": 1.2, "encode_ms": 2.5, "total_ms": 4.1},
+                }
+            ]
+        }
+    )
+    model: ModelRef
+    results: list[ImageResult] = Field(description="one per image, in the order sent")
+    timing_ms: dict[str, float]
+
+
+class EmbeddingsResponse(BaseModel):
+    model: ModelRef
+    dim: int
+    embeddings: list[list[float]] = Field(description="L2-normalized features, one row per input")
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+    detail: object = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorInfo
+
+
+ERRORS: dict[int | str, dict[str, object]] = {
+    s: {"model": ErrorResponse, "description": d}
+    for s, d in {
+        400: "malformed body",
+        401: "missing or wrong API key",
+        413: "too large: body, image file, pixels or image count",
+        415: "unsupported content type or image format",
+        422: "invalid input: labels, templates, top_k, image bytes",
+        503: "no model loaded, or overloaded (with Retry-After)",
+    }.items()
+}

@@ -1,0 +1,144 @@
+"""Prometheus metrics: requests by route and status, latency, batch sizes, queue depth, label cache,
+model version. One registry per app, so tests (and several apps in one process) never share counts."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from app.runtime.batcher import ImageBatcher
+    from app.runtime.reload import ModelHolder
+    from app.runtime.service import LabelCache
+
+LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class _State(Collector):
+    """Values read at scrape time from the objects that own them."""
+
+    def __init__(self, holder: ModelHolder, batcher: ImageBatcher, cache: LabelCache) -> None:
+        self.holder, self.batcher, self.cache = holder, batcher, cache
+
+    def collect(self) -> Iterable[Metric]:
+        q = GaugeMetricFamily("zeroshot_queue_depth", "images admitted and waiting for the image encoder")
+        q.add_metric([], self.batcher.pending)
+        yield q
+        for name, doc, value in (
+            (
+                "zeroshot_queue_rejected",
+                "requests refused with 503 because the queue was full",
+                self.batcher.rejected,
+            ),
+            (
+                "zeroshot_queue_expired",
+                "requests dropped after their deadline passed in the queue",
+                self.batcher.expired,
+            ),
+            ("zeroshot_label_cache_hits", "labels found in the label-embedding cache", self.cache.hits),
+            ("zeroshot_label_cache_misses", "labels that had to be encoded", self.cache.misses),
+            (
+                "zeroshot_text_prompts_encoded",
+                "prompts run through the text encoder",
+                self.cache.encoded_prompts,
+            ),
+        ):
+            c = CounterMetricFamily(name, doc)
+            c.add_metric([], value)
+            yield c
+        b = GaugeMetricFamily("zeroshot_label_cache_bytes", "bytes held by the label-embedding cache")
+        b.add_metric([], self.cache.bytes)
+        yield b
+        info = GaugeMetricFamily(
+            "zeroshot_model_info",
+            "the bundle served (value 1)",
+            labels=["name", "version", "sha256", "provider"],
+        )
+        rt = self.holder.runtime
+        if rt is not None:
+            info.add_metric([rt.bundle.name, rt.bundle.version, rt.sha, rt.encoders.provider], 1)
+        yield info
+        up = GaugeMetricFamily("zeroshot_model_loaded", "1 when a model is loaded and warm")
+        up.add_metric([], 0 if rt is None else 1)
+        yield up
+        err = GaugeMetricFamily("zeroshot_reload_failing", "1 while the last reload attempt failed")
+        err.add_metric([], 1 if (rt is not None and self.holder.error) else 0)
+        yield err
+
+
+class Metrics:
+    def __init__(self, holder: ModelHolder, batcher: ImageBatcher, cache: LabelCache) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "zeroshot_requests",
+            "HTTP requests by route and status",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "zeroshot_request_duration_seconds",
+            "HTTP request latency by route",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "zeroshot_batch_size",
+            "images per image-encoder call",
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_wait = Histogram(
+            "zeroshot_queue_wait_seconds",
+            "time the oldest image of a batch waited",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.encode_time = Histogram(
+            "zeroshot_image_encode_seconds",
+            "image-encoder time per batch",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(_State(holder, batcher, cache))
+
+    def on_batch(self, n: int, waited_s: float, run_s: float) -> None:
+        self.batch_size.observe(n)
+        self.queue_wait.observe(waited_s)
+        self.encode_time.observe(run_s)
+
+
+class MetricsMiddleware:
+    """Pure ASGI (no BaseHTTPMiddleware): counts every HTTP response by the route that served it."""
+
+    def __init__(self, app: ASGIApp, metrics: Callable[[], Metrics | None]) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = [500]
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            m = self.metrics()
+            if m is not None:
+                route: Any = scope.get("route")
+                path = getattr(route, "path", None) or "unmatched"
+                m.requests.labels(path, scope["method"], str(status[0])).inc()
+                m.latency.labels(path).observe(time.perf_counter() - t0)

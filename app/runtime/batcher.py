@@ -1,0 +1,199 @@
+"""The image micro-batcher: concurrent requests share image-encoder calls.
+
+Requests put their preprocessed images on one bounded queue. A worker thread takes the first waiting
+item, gathers more for up to `max_wait_ms` or until `max_batch` images, runs the encoder once (off
+the event loop), and answers every request with its own rows. Items carry the runtime they started
+on, so a hot reload never moves a request to another model: a batch holds items of one runtime only.
+
+Admission is decided at once: when the queue already holds `max_queue` images the request is
+refused (QueueFull -> 503 + Retry-After), never left to wait without bound. An item whose deadline
+passed while it waited is dropped before it reaches the model (DeadlineExceeded -> 503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class ImageModel(Protocol):
+    def encode_images(self, pixel_values: np.ndarray) -> np.ndarray: ...
+
+
+class QueueFull(Exception):
+    """The queue holds max_queue images already."""
+
+
+class DeadlineExceeded(Exception):
+    """The request waited in the queue past its deadline and was dropped unencoded."""
+
+
+@dataclass
+class _Item:
+    model: ImageModel
+    pixels: np.ndarray  # [n, 3, S, S]
+    deadline: float  # time.monotonic()
+    enqueued: float
+    future: concurrent.futures.Future[np.ndarray] = field(default_factory=concurrent.futures.Future)
+
+
+BatchHook = Callable[[int, float, float], None]  # (images in batch, oldest wait s, encoder s)
+
+
+class ImageBatcher:
+    def __init__(
+        self,
+        max_batch: int,
+        max_wait_ms: float,
+        max_queue: int,
+        on_batch: BatchHook | None = None,
+    ) -> None:
+        self.max_batch, self.max_wait_s, self.max_queue = max_batch, max_wait_ms / 1000, max_queue
+        self.on_batch = on_batch
+        self._q: queue.Queue[_Item | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._pending = 0  # images admitted and not yet answered
+        self._carry: _Item | None = None
+        self._thread: threading.Thread | None = None
+        self.batches = self.images = self.largest_batch = 0
+        self.rejected = self.expired = 0
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="image-batcher", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        """Answer what is queued, then stop the worker."""
+        if self._thread is not None:
+            self._q.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def submit(self, model: ImageModel, pixels: np.ndarray, timeout_s: float) -> list[_Item]:
+        """Admit all of a request's images or none (QueueFull); chunks of at most max_batch."""
+        n = len(pixels)
+        with self._lock:
+            if self._pending + n > self.max_queue:
+                self.rejected += 1
+                raise QueueFull(f"{self._pending} images are queued; the queue holds {self.max_queue}")
+            self._pending += n
+        now = time.monotonic()
+        items = [
+            _Item(model, pixels[i : i + self.max_batch], now + timeout_s, now)
+            for i in range(0, n, self.max_batch)
+        ]
+        for it in items:
+            self._q.put(it)
+        return items
+
+    async def encode(self, model: ImageModel, pixels: np.ndarray, timeout_s: float) -> np.ndarray:
+        """[n, 3, S, S] -> [n, E] normalized features, sharing encoder calls with other requests."""
+        items = self.submit(model, pixels, timeout_s)
+        parts = await asyncio.gather(*(asyncio.wrap_future(it.future) for it in items))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    # --- the worker thread ---
+    def _take(self, until: float) -> _Item | None:
+        """The next queued item: waits until `until` at most, and takes what is already queued
+        after that (natural batching). Raises queue.Empty when there is nothing."""
+        remaining = until - time.monotonic()
+        return self._q.get(timeout=remaining) if remaining > 0 else self._q.get_nowait()
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            if self._carry is not None:
+                first, self._carry = self._carry, None
+            else:
+                got = self._q.get()
+                if got is None:
+                    break
+                first = got
+            batch, n = [first], len(first.pixels)
+            until = time.monotonic() + self.max_wait_s
+            while n < self.max_batch:
+                try:
+                    nxt = self._take(until)
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stopping = True
+                    break
+                if nxt.model is not first.model or n + len(nxt.pixels) > self.max_batch:
+                    self._carry = nxt  # it starts the next batch
+                    break
+                batch.append(nxt)
+                n += len(nxt.pixels)
+            self._process(batch)
+        if self._carry is not None:  # answer what is left before stopping
+            self._process([self._carry])
+            self._carry = None
+        while True:
+            try:
+                item = self._q.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                self._process([item])
+
+    def _process(self, batch: list[_Item]) -> None:
+        now = time.monotonic()
+        live = []
+        for it in batch:
+            if it.future.cancelled():
+                self._release(it)
+            elif now > it.deadline:
+                self.expired += 1
+                self._fail(it, DeadlineExceeded(f"waited {now - it.enqueued:.1f} s in the queue"))
+            else:
+                live.append(it)
+        if not live:
+            return
+        pixels = live[0].pixels if len(live) == 1 else np.concatenate([it.pixels for it in live])
+        t = time.perf_counter()
+        try:
+            feats = live[0].model.encode_images(pixels)
+        except Exception as e:  # one bad batch must not stop the worker
+            log.exception("image encoder failed on a batch of %d", len(pixels))
+            for it in live:
+                self._fail(it, e)
+            return
+        run_s = time.perf_counter() - t
+        self.batches += 1
+        self.images += len(pixels)
+        self.largest_batch = max(self.largest_batch, len(pixels))
+        if self.on_batch:
+            self.on_batch(len(pixels), now - min(it.enqueued for it in live), run_s)
+        start = 0
+        for it in live:
+            k = len(it.pixels)
+            self._release(it)
+            with contextlib.suppress(concurrent.futures.InvalidStateError):  # cancelled meanwhile
+                it.future.set_result(feats[start : start + k])
+            start += k
+
+    def _release(self, it: _Item) -> None:
+        with self._lock:
+            self._pending -= len(it.pixels)
+
+    def _fail(self, it: _Item, e: BaseException) -> None:
+        self._release(it)
+        with contextlib.suppress(concurrent.futures.InvalidStateError):
+            it.future.set_exception(e)

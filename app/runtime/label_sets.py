@@ -1,0 +1,179 @@
+"""Registered label sets: labels + templates stored as JSON, embeddings persisted beside them.
+
+<label_sets_dir>/<name>.json                    the definition (labels, templates)
+<label_sets_dir>/<name>.<sha16>.<digest16>.npy  its label matrix for one bundle (sha) and definition
+A restart, or another replica sharing the folder, loads the matrix instead of encoding it again.
+Files are written to a temporary name and renamed, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.runtime.service import ModelRuntime
+
+log = logging.getLogger(__name__)
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+class LabelSetError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    name: str
+    labels: tuple[str, ...]
+    templates: tuple[str, ...]
+    template_set: str | None  # the set name the templates came from, if any
+    created_at: str
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps([self.labels, self.templates]).encode()).hexdigest()
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "labels": len(self.labels),
+            "templates": self.template_set or len(self.templates),
+            "created_at": self.created_at,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "labels": list(self.labels),
+            "templates": list(self.templates),
+            "template_set": self.template_set,
+            "created_at": self.created_at,
+        }
+
+
+def check_name(name: str) -> str:
+    if not NAME.match(name):
+        raise LabelSetError(
+            422,
+            "invalid_label_set_name",
+            f"label set name {name[:80]!r} must be 1-64 letters, digits, '-' or '_', starting with a "
+            "letter or digit",
+        )
+    return name
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class LabelSetStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _file(self, name: str) -> Path:
+        return self.root / f"{check_name(name)}.json"
+
+    def _matrices(self, name: str) -> Iterator[Path]:
+        return self.root.glob(f"{name}.*.npy") if self.root.is_dir() else iter(())
+
+    def put(
+        self, name: str, labels: list[str], templates: tuple[str, ...], template_set: str | None
+    ) -> LabelSet:
+        ls = LabelSet(
+            check_name(name),
+            tuple(labels),
+            templates,
+            template_set,
+            dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        )
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            _atomic_write(self._file(name), lambda f: f.write(json.dumps(ls.to_json(), indent=1).encode()))
+        except OSError as e:
+            raise LabelSetError(
+                503, "label_sets_unwritable", f"cannot write {self.root}: {e.strerror}"
+            ) from None
+        for old in self._matrices(name):  # matrices of an earlier definition of this name
+            if not old.name.endswith(f".{ls.digest[:16]}.npy"):
+                old.unlink(missing_ok=True)
+        return ls
+
+    def get(self, name: str) -> LabelSet:
+        path = self._file(name)
+        try:
+            d = json.loads(path.read_text())
+            return LabelSet(
+                d["name"], tuple(d["labels"]), tuple(d["templates"]), d.get("template_set"), d["created_at"]
+            )
+        except FileNotFoundError:
+            raise LabelSetError(404, "label_set_not_found", f"no label set named {name!r}") from None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.error("label set file %s is unreadable: %s", path, e)
+            raise LabelSetError(503, "label_set_unreadable", f"label set {name!r} cannot be read") from None
+
+    def list(self) -> list[LabelSet]:
+        if not self.root.is_dir():
+            return []
+        out = []
+        for p in sorted(self.root.glob("*.json")):
+            try:
+                out.append(self.get(p.stem))
+            except LabelSetError:
+                continue  # a stray or unreadable file: skip it here, report it when asked for by name
+        return out
+
+    def delete(self, name: str) -> None:
+        path = self._file(name)
+        if not path.exists():
+            raise LabelSetError(404, "label_set_not_found", f"no label set named {name!r}")
+        path.unlink()
+        for m in self._matrices(name):
+            m.unlink(missing_ok=True)
+
+    def matrix(self, runtime: ModelRuntime, ls: LabelSet) -> tuple[np.ndarray, str]:
+        """The set's label matrix for this runtime and where it came from: memory, disk or encoded.
+        Blocking (may encode): call off the event loop unless cached_set() answered."""
+        cache = runtime.cache
+        m = cache.cached_set(runtime.sha, ls.labels, ls.templates)
+        if m is not None:
+            return m, "memory"
+        path = self.root / f"{ls.name}.{runtime.sha[:16]}.{ls.digest[:16]}.npy"
+        if path.exists():
+            try:
+                m = np.load(path, allow_pickle=False)
+                if m.shape == (len(ls.labels), runtime.encoders.embed_dim) and m.dtype == np.float32:
+                    cache.put_set(runtime.sha, ls.labels, ls.templates, m)
+                    return m, "disk"
+                log.warning("%s has shape %s: encoding the set again", path, m.shape)
+            except (OSError, ValueError) as e:
+                log.warning("%s is unreadable (%s): encoding the set again", path, e)
+        log.info(
+            "label set %s: encoding %d labels x %d templates", ls.name, len(ls.labels), len(ls.templates)
+        )
+        m = runtime.label_matrix(ls.labels, ls.templates)
+        try:
+            _atomic_write(path, lambda f: np.save(f, m, allow_pickle=False))
+        except OSError as e:  # serve from memory; the next start encodes it again
+            log.warning("cannot persist %s: %s", path, e)
+        return m, "encoded"
