@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -57,7 +58,9 @@ def request(c: TestClient) -> str:
 
 
 def test_admin_reload_swaps_and_refuses_broken_bundles(models: Path) -> None:
-    s = Settings(models_dir=models, model_name="m", device="cpu", reload_interval_s=0, admin_token="s3cret-token")
+    s = Settings(
+        models_dir=models, model_name="m", device="cpu", reload_interval_s=0, admin_token="s3cret-token"
+    )
     with TestClient(create_app(s)) as c:
         assert request(c) == "v1"
         assert c.post("/v1/admin/reload", headers=AUTH).json() == {"changed": False, "version": "v1"}
@@ -78,7 +81,9 @@ def test_admin_routes_need_a_configured_token(models: Path) -> None:
     with TestClient(create_app(off)) as c:
         r = c.post("/v1/admin/reload", headers=AUTH)
         assert r.status_code == 403 and r.json()["error"]["code"] == "admin_disabled"
-    on = Settings(models_dir=models, model_name="m", device="cpu", reload_interval_s=0, admin_token="s3cret-token")
+    on = Settings(
+        models_dir=models, model_name="m", device="cpu", reload_interval_s=0, admin_token="s3cret-token"
+    )
     with TestClient(create_app(on)) as c:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cre"}):
             r = c.post("/v1/admin/reload", headers=headers)
@@ -106,3 +111,44 @@ def test_a_model_published_after_start_makes_the_service_ready(tmp_path: Path) -
         while c.get("/readyz").status_code != 200 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert request(c) == "v1"
+
+
+def test_publishing_under_concurrent_load_fails_no_request(models: Path) -> None:
+    """Four clients keep requests in flight while v2 and then a corrupt v3 are published: every request
+    succeeds, answers move to v2, and the corrupt v3 never serves."""
+    s = Settings(models_dir=models, model_name="m", device="cpu", reload_interval_s=0.05, max_wait_ms=5)
+    stop = threading.Event()
+    answers: list[tuple[float, str]] = []
+    failures: list[str] = []
+
+    def client_loop(c: TestClient) -> None:
+        while not stop.is_set():
+            try:
+                answers.append((time.monotonic(), request(c)))
+            except AssertionError as e:  # request() asserts 200
+                failures.append(str(e))
+
+    with TestClient(create_app(s)) as c:
+        threads = [threading.Thread(target=client_loop, args=(c,)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        publish_copy(models / "m", "v2")
+        deadline = time.monotonic() + 30
+        while c.get("/v1/models").json()["version"] != "v2" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        switched = time.monotonic()
+        time.sleep(0.3)
+        publish_copy(models / "m", "v3", corrupt=True)
+        while "v3 refused" not in (c.get("/v1/models").json()["reload_error"] or ""):
+            assert time.monotonic() < deadline, "the corrupt v3 was never tried"
+            time.sleep(0.05)
+        time.sleep(0.3)
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not failures, failures[:3]
+    versions = [v for _, v in answers]
+    assert versions[0] == "v1" and "v2" in versions and "v3" not in versions
+    late = [v for t, v in answers if t > switched + 0.1]  # answered after the swap: new model only
+    assert late and set(late) == {"v2"}

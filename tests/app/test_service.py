@@ -1,0 +1,329 @@
+"""The service's HTTP features beyond one classify call: JSON bodies, label sets, embeddings, metrics,
+API keys, the label cache, the batcher under concurrent requests, and overload."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from app.main import create_app
+from app.settings import Settings
+from model.data.synthetic import SyntheticShapes
+from tests.app.test_api import CLASSES, png
+from tests.conftest import DEFAULT_MODEL_DIR
+
+ADMIN = {"Authorization": "Bearer admin-token-123"}
+SEEN = SyntheticShapes(64, seed=7, split="seen", length=16)
+
+
+def make_settings(tmp: Path, **kw: Any) -> Settings:
+    if not (DEFAULT_MODEL_DIR / "CURRENT").exists():
+        pytest.fail(f"{DEFAULT_MODEL_DIR} has no CURRENT: run `make setup` first (make test does)")
+    base: dict[str, Any] = dict(
+        models_dir=DEFAULT_MODEL_DIR.parent,
+        model_name="default",
+        device="cpu",
+        reload_interval_s=0,
+        label_sets_dir=tmp / "label-sets",
+        admin_token="admin-token-123",
+    )
+    return Settings(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    with TestClient(create_app(make_settings(tmp_path_factory.mktemp("svc")))) as c:
+        yield c
+
+
+def multipart(c: TestClient, imgs: list[bytes], labels: list[str], **form: str) -> Any:
+    files = [("image", (f"{i}.png", b, "image/png")) for i, b in enumerate(imgs)]
+    return c.post("/v1/classify", files=files, data={"labels": labels, **form})
+
+
+def b64(b: bytes) -> str:
+    return base64.b64encode(b).decode()
+
+
+def test_json_with_base64_images_matches_multipart(client: TestClient) -> None:
+    imgs = [png(SEEN[i].image) for i in range(3)]
+    labels = CLASSES[:12]
+    a = multipart(client, imgs, labels, templates="synthetic", top_k="12").json()
+    body = {
+        "images": [b64(imgs[0]), "data:image/png;base64," + b64(imgs[1]), b64(imgs[2])],
+        "labels": labels,
+        "templates": "synthetic",
+        "top_k": 12,
+    }
+    r = client.post("/v1/classify", json=body)
+    assert r.status_code == 200, r.text
+    for ra, rb in zip(a["results"], r.json()["results"], strict=True):
+        assert [x["label"] for x in ra["labels"]] == [x["label"] for x in rb["labels"]]
+        np.testing.assert_allclose([x["cosine"] for x in ra["labels"]], [x["cosine"] for x in rb["labels"]])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "code"),
+    [
+        ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "invalid_json"),
+        ({"json": {"images": ["%%%"], "labels": ["a"]}}, 422, "invalid_base64"),
+        ({"json": {"images": [], "labels": ["a"]}}, 422, "missing_image"),
+        ({"json": {"images": [b64(b"x")], "labels": ["a"], "colour": 1}}, 422, "invalid_request"),
+        ({"json": {"images": [b64(b"x")], "labels": "a"}}, 422, "invalid_request"),
+        ({"json": {"images": [b64(b"not an image")], "labels": ["a"]}}, 422, "invalid_image"),
+        ({"json": {"images": [b64(b"x")]}}, 422, "invalid_labels"),
+        ({"json": {"images": [b64(b"x")], "labels": ["a"], "label_set": "s"}}, 422, "invalid_request"),
+        ({"json": {"images": [b64(b"x")], "label_set": "no-such-set"}}, 404, "label_set_not_found"),
+        ({"json": {"images": [b64(b"x")], "label_set": "../etc"}}, 422, "invalid_label_set_name"),
+        ({"json": {"images": [b64(b"x")] * 17, "labels": ["a"]}}, 413, "too_many_images"),
+        ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "unsupported_media_type"),
+        (
+            {"content": b"--x\r\nbroken", "headers": {"content-type": "multipart/form-data"}},
+            400,
+            "invalid_multipart",
+        ),
+    ],
+)
+def test_bad_json_and_bodies_get_clear_errors(
+    client: TestClient, kwargs: dict, status: int, code: str
+) -> None:
+    r = client.post("/v1/classify", **kwargs)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["code"] == code and r.json()["error"]["message"]
+
+
+def test_an_oversized_body_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    s = make_settings(tmp_path, max_upload_bytes=4096, max_images_per_request=1, max_queue=8)
+    with TestClient(create_app(s)) as c:
+        r = c.post(
+            "/v1/classify", content=b"0" * 4 * 1024 * 1024, headers={"content-type": "application/json"}
+        )
+        assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: the limit is enforced while reading
+            for _ in range(64):
+                yield b"0" * 65536
+
+        r = c.post("/v1/classify", content=chunks(), headers={"content-type": "application/json"})
+        assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+        assert c.get("/readyz").status_code == 200
+
+
+def test_label_sets_register_persist_and_survive_a_restart(tmp_path: Path) -> None:
+    s = make_settings(tmp_path)
+    labels = CLASSES
+    img = png(SEEN[0].image)
+    with TestClient(create_app(s)) as c:
+        assert c.put("/v1/label-sets/shapes", json={"labels": labels}).status_code == 401
+        r = c.put("/v1/label-sets/shapes", json={"labels": labels, "templates": "synthetic"}, headers=ADMIN)
+        assert r.status_code == 200, r.text
+        assert r.json()["labels"] == 36 and r.json()["embeddings"]["source"] == "encoded"
+        assert c.get("/v1/label-sets").json()["label_sets"][0]["name"] == "shapes"
+        shown = c.get("/v1/label-sets/shapes").json()
+        assert shown["labels"] == labels and shown["template_set"] == "synthetic"
+        by_set = c.post(
+            "/v1/classify", files=[("image", ("a.png", img, "image/png"))], data={"label_set": "shapes"}
+        )
+        direct = multipart(c, [img], labels, templates="synthetic")
+        assert by_set.status_code == 200, by_set.text
+        assert by_set.json()["results"] == direct.json()["results"]
+        assert by_set.json()["results"][0]["labels"][0]["label"] == SEEN[0].label
+    assert list((tmp_path / "label-sets").glob("shapes.*.npy"))
+    with TestClient(create_app(s)) as c:  # a restart loads the embeddings from disk
+        r = c.post("/v1/classify", json={"images": [b64(img)], "label_set": "shapes"})
+        assert r.json()["results"] == by_set.json()["results"]
+        assert c.get("/v1/models").json()["label_cache"]["encoded_prompts"] == 0
+        assert c.delete("/v1/label-sets/shapes", headers=ADMIN).json() == {"deleted": "shapes"}
+        assert c.get("/v1/label-sets/shapes").status_code == 404
+        assert c.delete("/v1/label-sets/shapes", headers=ADMIN).status_code == 404
+        assert not list((tmp_path / "label-sets").glob("shapes*"))
+        for bad in ({"labels": []}, {"labels": ["a", "a"]}, {"labels": ["a"], "templates": "klingon"}):
+            r = c.put("/v1/label-sets/x", json=bad, headers=ADMIN)
+            assert r.status_code == 422, r.text
+        assert c.put("/v1/label-sets/bad.name", json={"labels": ["a"]}, headers=ADMIN).status_code == 422
+
+
+def test_label_set_changes_are_off_without_an_admin_token(tmp_path: Path) -> None:
+    with TestClient(create_app(make_settings(tmp_path, admin_token=None))) as c:
+        r = c.put("/v1/label-sets/x", json={"labels": ["a"]})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "admin_disabled"
+        assert c.get("/v1/label-sets").json() == {"label_sets": []}
+
+
+def test_embeddings_agree_with_classify(client: TestClient) -> None:
+    img = png(SEEN[1].image)
+    ri = client.post("/v1/embeddings/images", files=[("image", ("a.png", img, "image/png"))])
+    rj = client.post("/v1/embeddings/images", json={"images": [b64(img)]})
+    assert ri.status_code == rj.status_code == 200, ri.text
+    im = np.array(ri.json()["embeddings"])
+    np.testing.assert_allclose(im, rj.json()["embeddings"], atol=1e-6)
+    assert im.shape == (1, 128) and ri.json()["dim"] == 128
+    np.testing.assert_allclose(np.linalg.norm(im, axis=1), 1, atol=1e-5)
+    labels = CLASSES[:5]
+    rt = client.post("/v1/embeddings/texts", json={"texts": labels, "templates": "synthetic"})
+    tx = np.array(rt.json()["embeddings"])
+    cos = (im @ tx.T)[0]
+    ranked = multipart(client, [img], labels, templates="synthetic").json()["results"][0]["labels"]
+    for r in ranked:
+        assert r["cosine"] == pytest.approx(cos[labels.index(r["label"])], abs=1e-5)
+    raw = client.post("/v1/embeddings/texts", json={"texts": ["a red circle", "a blue square"]}).json()
+    assert np.array(raw["embeddings"]).shape == (2, 128)
+    assert client.post("/v1/embeddings/texts", json={"texts": []}).status_code == 422
+    assert client.post("/v1/embeddings/texts", json={"texts": ["x " * 100]}).json()["error"]["code"] == (
+        "label_too_long"
+    )
+    assert client.post("/v1/embeddings/texts", data={"texts": "a"}).status_code == 415
+
+
+def test_the_second_request_with_the_same_labels_encodes_no_text(client: TestClient) -> None:
+    labels = [f"shape number {i}" for i in range(100)]
+    img = png(SEEN[2].image)
+
+    def cache() -> dict:
+        return dict(client.get("/v1/models").json()["label_cache"])
+
+    before = cache()
+    multipart(client, [img], labels)
+    mid = cache()
+    assert mid["encoded_prompts"] - before["encoded_prompts"] == 100  # 100 labels x 1 template
+    multipart(client, [img], labels)
+    multipart(client, [img], list(reversed(labels)))  # the same labels in another order: per-label hits
+    after = cache()
+    assert after["encoded_prompts"] == mid["encoded_prompts"]
+    assert after["hits"] - mid["hits"] == 200 and after["misses"] == mid["misses"]
+
+
+@hsettings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    picks=st.lists(st.sampled_from(CLASSES), min_size=2, max_size=12, unique=True),
+    seed=st.integers(0, 2**16),
+    which=st.integers(0, 15),
+)
+def test_scores_are_consistent(client: TestClient, picks: list[str], seed: int, which: int) -> None:
+    img = png(SEEN[which].image)
+    a = multipart(client, [img], picks, templates="synthetic", top_k=str(len(picks))).json()
+    shuffled = list(np.random.default_rng(seed).permutation(picks))
+    b = multipart(client, [img], shuffled, templates="synthetic", top_k=str(len(picks))).json()
+    la, lb = a["results"][0]["labels"], b["results"][0]["labels"]
+    cos = [x["cosine"] for x in la]
+    assert all(-1 <= c <= 1 for c in cos) and cos == sorted(cos, reverse=True)
+    assert sum(x["probability"] for x in la) == pytest.approx(1, abs=1e-5)
+    assert {x["label"]: x["cosine"] for x in la} == pytest.approx(
+        {x["label"]: x["cosine"] for x in lb}, abs=1e-6
+    )
+    top2 = multipart(client, [img], picks, templates="synthetic", top_k="2").json()["results"][0]["labels"]
+    assert [x["label"] for x in top2] == [x["label"] for x in la[:2]]
+
+
+def test_metrics_count_requests_batches_and_the_model(client: TestClient) -> None:
+    multipart(client, [png(SEEN[3].image)], ["a", "b"])
+    client.post("/v1/classify", json={"images": ["%%%"], "labels": ["a"]})
+    text = client.get("/metrics").text
+    assert 'zeroshot_requests_total{method="POST",route="/v1/classify",status="200"}' in text
+    assert 'zeroshot_requests_total{method="POST",route="/v1/classify",status="422"}' in text
+    assert "zeroshot_batch_size_count" in text and "zeroshot_request_duration_seconds_bucket" in text
+    assert 'zeroshot_model_info{name="default"' in text and "zeroshot_queue_depth 0.0" in text
+    assert "zeroshot_label_cache_hits_total" in text and "zeroshot_label_cache_bytes" in text
+
+
+def test_api_keys_guard_v1_but_not_health_or_metrics(tmp_path: Path) -> None:
+    s = make_settings(tmp_path, api_keys="key-one,key-two")
+    assert s.api_keys == frozenset({"key-one", "key-two"})
+    img = png(SEEN[0].image)
+    with TestClient(create_app(s)) as c:
+        for headers in ({}, {"Authorization": "Bearer nope"}, {"X-API-Key": "key-on"}):
+            r = c.post(
+                "/v1/classify",
+                files=[("image", ("a.png", img, "image/png"))],
+                data={"labels": ["a"]},
+                headers=headers,
+            )
+            assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+            assert c.get("/v1/models", headers=headers).status_code == 401
+        for headers in ({"Authorization": "Bearer key-two"}, {"X-API-Key": "key-one"}, ADMIN):
+            r = c.post(
+                "/v1/classify",
+                files=[("image", ("a.png", img, "image/png"))],
+                data={"labels": ["a"]},
+                headers=headers,
+            )
+            assert r.status_code == 200, r.text
+        assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200
+        assert c.get("/metrics").status_code == 200
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(tmp_path: Path) -> None:
+    s = make_settings(tmp_path, max_wait_ms=250, max_batch=16)
+    data = SyntheticShapes(64, seed=11, split="seen", length=8)
+    imgs = [png(d.image) for d in data]
+    with TestClient(create_app(s)) as c:
+        alone = [multipart(c, [b], CLASSES, templates="synthetic").json()["results"][0] for b in imgs]
+        batches_before = c.get("/v1/models").json()["batcher"]["batches"]
+        with ThreadPoolExecutor(8) as pool:
+            together = list(pool.map(lambda b: multipart(c, [b], CLASSES, templates="synthetic"), imgs))
+        assert all(r.status_code == 200 for r in together)
+        for a, t, d in zip(alone, together, data, strict=True):
+            got = t.json()["results"][0]
+            assert [x["label"] for x in got["labels"]] == [x["label"] for x in a["labels"]]
+            np.testing.assert_allclose(
+                [x["cosine"] for x in got["labels"]], [x["cosine"] for x in a["labels"]], atol=1e-5
+            )
+            assert got["labels"][0]["label"] == d.label
+        b = c.get("/v1/models").json()["batcher"]
+        assert b["largest_batch"] > 1 and b["batches"] - batches_before < 8
+
+
+def test_a_full_queue_answers_503_with_retry_after_and_stays_healthy(tmp_path: Path) -> None:
+    s = make_settings(
+        tmp_path, max_wait_ms=2000, max_batch=64, max_queue=2, max_images_per_request=2, retry_after_s=3
+    )
+    img = png(SEEN[0].image)
+    with TestClient(create_app(s)) as c:
+        batcher = c.app.state.batcher  # type: ignore[attr-defined]
+        with ThreadPoolExecutor(2) as pool:
+            waiting = [pool.submit(multipart, c, [img], ["a", "b"]) for _ in range(2)]
+            deadline = time.monotonic() + 10
+            while batcher.pending < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            t = time.perf_counter()
+            r = multipart(c, [img], ["a", "b"])
+            assert time.perf_counter() - t < 1.0  # refused at once, not after the wait
+            assert r.status_code == 503 and r.headers["retry-after"] == "3"
+            assert r.json()["error"]["code"] == "overloaded"
+            assert all(f.result().status_code == 200 for f in waiting)
+        assert c.get("/readyz").status_code == 200
+        assert multipart(c, [img], ["a", "b"]).status_code == 200
+        assert "zeroshot_queue_rejected_total 1.0" in c.get("/metrics").text
+
+
+def test_a_request_past_its_deadline_is_dropped_with_503(tmp_path: Path) -> None:
+    s = make_settings(tmp_path, max_wait_ms=800, max_batch=64, queue_timeout_s=0.1)
+    with TestClient(create_app(s)) as c:
+        r = multipart(c, [png(SEEN[0].image)], ["a", "b"])
+        assert (
+            r.status_code == 503
+            and r.json()["error"]["code"] == "queue_timeout"
+            and "retry-after" in r.headers
+        )
+        assert c.get("/v1/models").json()["batcher"]["expired"] == 1
+
+
+def test_draining_makes_readyz_fail_first(tmp_path: Path) -> None:
+    app = create_app(make_settings(tmp_path))
+    with TestClient(app) as c:
+        assert c.get("/readyz").status_code == 200
+        app.state.draining = True
+        r = c.get("/readyz")
+        assert r.status_code == 503 and r.json()["error"]["code"] == "draining"
+        assert c.get("/healthz").status_code == 200
