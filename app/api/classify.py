@@ -100,9 +100,11 @@ async def run_classify(
 ) -> dict[str, Any]:
     s = deps.settings(request)
     k = parse_top_k(top_k, s.default_top_k, len(labels))
-    pixels = await images.pixels(rt.encoders.preprocess, s)
-    t1 = time.perf_counter()
-    encode = deps.batcher(request).encode(rt, pixels, s.queue_timeout_s)
+    batcher = deps.batcher(request)
+    with batcher.announce() as coming:
+        pixels = await images.pixels(rt.encoders.preprocess, s)
+        t1 = time.perf_counter()
+        encode = batcher.wait(batcher.submit(rt, pixels, s.queue_timeout_s, coming))
     if matrix is None:  # encode the labels and the images side by side
         matrix, feats = await asyncio.gather(run_in_threadpool(build), encode)
     else:

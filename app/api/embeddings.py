@@ -60,8 +60,11 @@ async def image_embeddings(request: Request) -> dict[str, Any]:
         images = ImagesIn.from_base64((await read_json(request, ImagesJson)).images, s)
     else:
         raise ApiError(415, "unsupported_media_type", f"send {MULTIPART} or {JSON}, not {kind or 'nothing'}")
-    pixels = await images.pixels(rt.encoders.preprocess, s)
-    feats = await deps.batcher(request).encode(rt, pixels, s.queue_timeout_s)
+    batcher = deps.batcher(request)
+    with batcher.announce() as coming:
+        pixels = await images.pixels(rt.encoders.preprocess, s)
+        items = batcher.submit(rt, pixels, s.queue_timeout_s, coming)
+    feats = await batcher.wait(items)
     return {"model": deps.model_ref(rt), "dim": int(feats.shape[1]), "embeddings": feats.tolist()}
 
 

@@ -1,9 +1,11 @@
 """The image micro-batcher: concurrent requests share image-encoder calls.
 
 Requests put their preprocessed images on one bounded queue. A worker thread takes the first waiting
-item, gathers more for up to `max_wait_ms` or until `max_batch` images, runs the encoder once (off
-the event loop), and answers every request with its own rows. Items carry the runtime they started
-on, so a hot reload never moves a request to another model: a batch holds items of one runtime only.
+item, adds what else is queued, and - while other requests are announced as on their way - waits up
+to `max_wait_ms` for more, until `max_batch` images; it runs the encoder once (off the event loop)
+and answers every request with its own rows. A lone request is never held back. Items carry the
+runtime they started on, so a hot reload never moves a request to another model: a batch holds
+items of one runtime only.
 
 Admission is decided at once: when the queue already holds `max_queue` images the request is
 refused (QueueFull -> 503 + Retry-After), never left to wait without bound. An item whose deadline
@@ -19,7 +21,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -38,6 +40,11 @@ class QueueFull(Exception):
 
 class DeadlineExceeded(Exception):
     """The request waited in the queue past its deadline and was dropped unencoded."""
+
+
+@dataclass
+class Announcement:
+    done: bool = False
 
 
 @dataclass
@@ -65,6 +72,7 @@ class ImageBatcher:
         self._q: queue.Queue[_Item | None] = queue.Queue()
         self._lock = threading.Lock()
         self._pending = 0  # images admitted and not yet answered
+        self._incoming = 0  # requests announced (being decoded) and not yet submitted
         self._carry: _Item | None = None
         self._thread: threading.Thread | None = None
         self.batches = self.images = self.largest_batch = 0
@@ -86,7 +94,9 @@ class ImageBatcher:
             self._thread.join()
             self._thread = None
 
-    def submit(self, model: ImageModel, pixels: np.ndarray, timeout_s: float) -> list[_Item]:
+    def submit(
+        self, model: ImageModel, pixels: np.ndarray, timeout_s: float, announced: Announcement | None = None
+    ) -> list[_Item]:
         """Admit all of a request's images or none (QueueFull); chunks of at most max_batch."""
         n = len(pixels)
         with self._lock:
@@ -99,22 +109,47 @@ class ImageBatcher:
             _Item(model, pixels[i : i + self.max_batch], now + timeout_s, now)
             for i in range(0, n, self.max_batch)
         ]
+        if announced is not None and not announced.done:  # before the put: the worker must not wait for it
+            announced.done = True
+            self._incoming -= 1
         for it in items:
             self._q.put(it)
         return items
 
-    async def encode(self, model: ImageModel, pixels: np.ndarray, timeout_s: float) -> np.ndarray:
-        """[n, 3, S, S] -> [n, E] normalized features, sharing encoder calls with other requests."""
-        items = self.submit(model, pixels, timeout_s)
+    @contextlib.contextmanager
+    def announce(self) -> Iterator[Announcement]:
+        """Mark a request as on its way (decoding its images) until it submits or fails: a batch
+        waits up to max_wait_ms for more only while such requests exist, so a lone request never
+        waits for company that is not coming. Call from the event loop only."""
+        a = Announcement()
+        self._incoming += 1
+        try:
+            yield a
+        finally:
+            if not a.done:
+                a.done = True
+                self._incoming -= 1
+
+    async def wait(self, items: list[_Item]) -> np.ndarray:
+        """The features of submitted items, in order: [n, E]."""
         parts = await asyncio.gather(*(asyncio.wrap_future(it.future) for it in items))
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
+    async def encode(self, model: ImageModel, pixels: np.ndarray, timeout_s: float) -> np.ndarray:
+        """[n, 3, S, S] -> [n, E] normalized features, sharing encoder calls with other requests."""
+        return await self.wait(self.submit(model, pixels, timeout_s))
+
     # --- the worker thread ---
     def _take(self, until: float) -> _Item | None:
-        """The next queued item: waits until `until` at most, and takes what is already queued
-        after that (natural batching). Raises queue.Empty when there is nothing."""
-        remaining = until - time.monotonic()
-        return self._q.get(timeout=remaining) if remaining > 0 else self._q.get_nowait()
+        """The next item for the batch being formed: what is queued now, or - while requests are
+        known to be on their way (`announce`) - what arrives before `until`. Raises queue.Empty."""
+        try:
+            return self._q.get_nowait()
+        except queue.Empty:
+            remaining = until - time.monotonic()
+            if remaining <= 0 or self._incoming <= 0:
+                raise
+            return self._q.get(timeout=remaining)
 
     def _run(self) -> None:
         stopping = False

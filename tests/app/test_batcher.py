@@ -34,7 +34,15 @@ def images(*ids: int) -> np.ndarray:
 
 
 async def encode_all(b: ImageBatcher, model: Fake, groups: list[tuple[int, ...]]) -> list[np.ndarray]:
-    return list(await asyncio.gather(*(b.encode(model, images(*g), 10.0) for g in groups)))
+    """Requests that announce themselves first (as routes do while decoding), then submit."""
+
+    async def one(g: tuple[int, ...]) -> np.ndarray:
+        with b.announce() as coming:
+            await asyncio.sleep(0)  # "decoding": every request announces before any submits
+            items = b.submit(model, images(*g), 10.0, coming)
+        return await b.wait(items)
+
+    return list(await asyncio.gather(*(one(g) for g in groups)))
 
 
 def test_concurrent_requests_share_calls_and_get_their_own_rows() -> None:
@@ -48,6 +56,16 @@ def test_concurrent_requests_share_calls_and_get_their_own_rows() -> None:
         assert feats[:, 0].tolist() == list(g)
     assert sum(model.calls) == 9 and max(model.calls) > 1 and all(n <= 8 for n in model.calls)
     assert b.largest_batch == max(model.calls) and b.pending == 0
+
+
+def test_a_lone_request_is_not_held_back_for_company() -> None:
+    b = ImageBatcher(max_batch=8, max_wait_ms=5000, max_queue=64)
+    b.start()
+    t = time.monotonic()
+    (feats,) = asyncio.run(encode_all(b, Fake(), [(7,)]))
+    assert time.monotonic() - t < 2.5  # nobody else was announced: no 5 s wait
+    b.close()
+    assert feats[0, 0] == 7
 
 
 def test_a_request_larger_than_max_batch_is_split() -> None:
