@@ -4,8 +4,10 @@ features, used by the server and by `zeroshot eval` / `zeroshot export` alike. T
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -32,6 +34,18 @@ def choose_providers(device: Device) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def available_cpus() -> int:
+    """CPUs this process may use: the affinity mask, capped by a cgroup v2 quota (containers)."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return n
+
+
 def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
     norm = np.linalg.norm(x, axis=axis, keepdims=True)
     return x / np.maximum(norm, 1e-12)
@@ -44,7 +58,7 @@ class OnnxEncoders:
         self.bundle = bundle
         self.providers = choose_providers(device)
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = intra_op_threads or (os.cpu_count() or 1)
+        opts.intra_op_num_threads = intra_op_threads or available_cpus()
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.image_session = self._session(IMAGE_ENCODER, opts)

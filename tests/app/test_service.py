@@ -383,3 +383,34 @@ def test_a_large_label_set_builds_with_progress_while_other_requests_are_served(
     assert small.status_code == 200 and done["response"].status_code == 200, done["response"].text
     assert small_at < done["at"]  # answered while the 80,000 prompts were still being encoded
     assert "1000 labels x 80 templates: 80000/80000 prompts encoded" in caplog.text
+
+
+def test_the_openapi_schema_describes_every_route_and_both_body_kinds(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    paths = spec["paths"]
+    for path, method in [
+        ("/v1/classify", "post"),
+        ("/v1/embeddings/images", "post"),
+        ("/v1/embeddings/texts", "post"),
+        ("/v1/label-sets", "get"),
+        ("/v1/label-sets/{name}", "put"),
+        ("/v1/label-sets/{name}", "delete"),
+        ("/v1/models", "get"),
+        ("/v1/admin/reload", "post"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/metrics", "get"),
+    ]:
+        assert method in paths[path], (path, method)
+    body = paths["/v1/classify"]["post"]["requestBody"]["content"]
+    assert set(body) == {"multipart/form-data", "application/json"}
+    assert body["application/json"]["schema"]["examples"]
+    ok = paths["/v1/classify"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok["$ref"].endswith("/ClassifyResponse") and "ClassifyResponse" in spec["components"]["schemas"]
+    assert "/" not in paths and client.get("/docs").status_code == 200
+
+
+def test_the_readme_documents_every_setting() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [n for n in Settings.model_fields if f"`ZEROSHOT_{n.upper()}`" not in readme]
+    assert not missing, f"README.md does not document: {missing}"
