@@ -32,6 +32,12 @@ class Settings(BaseSettings):
         default=None, ge=1, description="onnxruntime threads per session; default: all cores"
     )
     reload_interval_s: float = Field(default=2.0, ge=0, description="how often CURRENT is checked; 0: never")
+    drain_s: float = Field(
+        default=5.0, ge=0, le=3600, description="after SIGTERM: /readyz answers 503 this long before shutdown"
+    )
+    shutdown_timeout_s: float = Field(
+        default=30.0, gt=0, description="how long shutdown waits for requests in flight"
+    )
     # the image micro-batcher
     max_batch: int = Field(default=32, ge=1, le=1024, description="images per image-encoder call")
     max_wait_ms: float = Field(

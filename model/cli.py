@@ -124,9 +124,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> None:
     try:
-        import uvicorn
-
-        from app.main import create_app
+        from app.serve import serve
         from app.settings import Settings
     except ImportError as e:
         raise CliError(f"{e.name} is not installed: pip install -e '.[server]'") from None
@@ -136,7 +134,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     settings = Settings(**{k: v for k, v in given.items() if v is not None})  # flags over ZEROSHOT_*
     # a missing model is a one-line error here, not a server that answers 503
     current_bundle(settings.models_dir / settings.model_name, verify_hashes=False)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    serve(settings, args.host, args.port)
 
 
 def build_parser() -> argparse.ArgumentParser:
