@@ -267,6 +267,10 @@ def _sniff_unreadable(data: bytes) -> str | None:
         return "SVG"
     if data[4:8] == b"ftyp" and data[8:12] in (b"heic", b"heix", b"mif1", b"msf1", b"hevc"):
         return "HEIF"
+    if data[4:8] == b"ftyp" and data[8:12] in (b"avif", b"avis"):
+        return "AVIF"
+    if data.startswith(b"%PDF-"):
+        return "PDF"
     return None
 
 

@@ -28,6 +28,7 @@ M = TypeVar("M", bound=BaseModel)
 MULTIPART, JSON = "multipart/form-data", "application/json"
 URLENCODED = "application/x-www-form-urlencoded"
 FIELDS_BYTES = 2 * 1024 * 1024  # room for labels and other fields beside the images
+MAX_LABEL_CHARS = 1000  # 77 tokens are a few hundred characters at most; longer is refused unread
 
 
 def body_limit(s: Settings) -> int:
@@ -206,6 +207,10 @@ def check_labels(labels: list[str], max_labels: int, what: str = "label") -> lis
         raise ApiError(422, f"too_many_{what}s", f"{len(labels)} {what}s; at most {max_labels} per request")
     seen: set[str] = set()
     for i, lb in enumerate(labels):
+        if len(lb) > MAX_LABEL_CHARS:  # far past any context length: refuse before tokenizing it
+            raise ApiError(
+                422, "label_too_long", f"{what} {i} is {len(lb):,} characters; at most {MAX_LABEL_CHARS:,}"
+            )
         if not lb.strip():
             raise ApiError(422, f"invalid_{what}s", f"{what} {i} is empty or blank")
         if any(ord(c) < 32 or ord(c) == 127 for c in lb):
