@@ -28,7 +28,16 @@ from app.api.inputs import (
     read_form,
     read_json,
 )
-from app.api.schemas import ERRORS, TEMPLATES_DOC, ClassifyJson, ClassifyResponse
+from app.api.schemas import (
+    ERRORS,
+    IMAGE_ENCODING,
+    LABEL_SET_NAME,
+    LABELS_SCHEMA,
+    ONE_OF_LABELS,
+    TEMPLATES_DOC,
+    ClassifyJson,
+    ClassifyResponse,
+)
 from app.runtime.service import ModelRuntime
 from model.prompts import resolve_templates
 
@@ -37,6 +46,7 @@ router = APIRouter(dependencies=[ApiKey])
 MULTIPART_SCHEMA = {
     "type": "object",
     "required": ["image"],
+    "oneOf": ONE_OF_LABELS,
     "properties": {
         "image": {
             "type": "array",
@@ -45,10 +55,14 @@ MULTIPART_SCHEMA = {
         },
         "labels": {
             "type": "array",
-            "items": {"type": "string"},
+            **LABELS_SCHEMA,
             "description": "candidate labels: repeated fields, or one field holding a JSON array",
         },
-        "label_set": {"type": "string", "description": "a registered label set, instead of labels"},
+        "label_set": {
+            "type": "string",
+            **LABEL_SET_NAME,
+            "description": "a registered label set, instead of labels",
+        },
         "templates": {"type": "string", "description": TEMPLATES_DOC + " (as a JSON array)"},
         "top_k": {"type": "integer", "minimum": 1, "description": "labels returned per image"},
     },
@@ -133,7 +147,7 @@ async def run_classify(
         "requestBody": {
             "required": True,
             "content": {
-                MULTIPART: {"schema": MULTIPART_SCHEMA},
+                MULTIPART: {"schema": MULTIPART_SCHEMA, "encoding": IMAGE_ENCODING},
                 JSON: {"schema": ClassifyJson.model_json_schema()},
             },
         }

@@ -21,7 +21,7 @@ from app.api.inputs import (
     read_form,
     read_json,
 )
-from app.api.schemas import ERRORS, EmbeddingsResponse, ImagesJson, TextsJson
+from app.api.schemas import ERRORS, IMAGE_ENCODING, EmbeddingsResponse, ImagesJson, TextsJson
 from model.prompts import resolve_templates
 
 router = APIRouter(dependencies=[ApiKey])
@@ -43,7 +43,8 @@ router = APIRouter(dependencies=[ApiKey])
                         "properties": {
                             "image": {"type": "array", "items": {"type": "string", "format": "binary"}}
                         },
-                    }
+                    },
+                    "encoding": IMAGE_ENCODING,
                 },
                 JSON: {"schema": ImagesJson.model_json_schema()},
             },

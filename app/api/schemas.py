@@ -4,6 +4,28 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# a 2x2 red PNG
+EXAMPLE_PNG = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR4"
+    "nGM8ISfHwMDAxMDAwMDAAAANBAEIfXHKZgAAAABJRU5ErkJggg=="
+)
+IMAGES_DOC = "base64-encoded image files (a data: URL prefix is accepted)"
+IMAGE_ENCODING = {
+    "image": {"contentType": "image/png, image/jpeg, image/webp, image/gif, image/bmp, image/tiff"}
+}
+# Documented constraints (the schema only: the routes check them themselves, with specific error codes)
+LABEL_ITEMS = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 1000,
+    "pattern": r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$",
+}
+LABELS_SCHEMA = {"items": LABEL_ITEMS, "minItems": 1, "uniqueItems": True}
+LABEL_SET_NAME = {"pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"}
+ONE_OF_LABELS = [
+    {"required": ["labels"], "not": {"required": ["label_set"]}},
+    {"required": ["label_set"], "not": {"required": ["labels"]}},
+]
 TEMPLATES_DOC = (
     'a template set name ("default" = "a photo of a {}.", "imagenet7", "imagenet80", "none") '
     'or a list of strings containing "{}"'
@@ -14,19 +36,30 @@ class ClassifyJson(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "examples": [{"images": ["iVBORw0KGgo..."], "labels": ["red circle", "blue square"], "top_k": 2}]
+            "examples": [{"images": [EXAMPLE_PNG], "labels": ["red circle", "blue square"], "top_k": 2}],
+            "oneOf": ONE_OF_LABELS,
         },
     )
-    images: list[str] = Field(description="base64-encoded image files (a data: URL prefix is accepted)")
-    labels: list[str] | None = Field(default=None, description="candidate labels (or give label_set)")
-    label_set: str | None = Field(default=None, description="the name of a registered label set")
+    images: list[str] = Field(
+        description=IMAGES_DOC, json_schema_extra={"items": {"type": "string", "format": "byte"}}
+    )
+    labels: list[str] | None = Field(
+        default=None, description="candidate labels (or give label_set)", json_schema_extra=LABELS_SCHEMA
+    )
+    label_set: str | None = Field(
+        default=None, description="the name of a registered label set", json_schema_extra=LABEL_SET_NAME
+    )
     templates: str | list[str] | None = Field(default=None, description=TEMPLATES_DOC)
-    top_k: int | None = Field(default=None, description="how many labels to return per image")
+    top_k: int | None = Field(
+        default=None, description="how many labels to return per image", json_schema_extra={"minimum": 1}
+    )
 
 
 class ImagesJson(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    images: list[str] = Field(description="base64-encoded image files (a data: URL prefix is accepted)")
+    images: list[str] = Field(
+        description=IMAGES_DOC, json_schema_extra={"items": {"type": "string", "format": "byte"}}
+    )
 
 
 class TextsJson(BaseModel):
@@ -34,7 +67,7 @@ class TextsJson(BaseModel):
         extra="forbid",
         json_schema_extra={"examples": [{"texts": ["a photo of a red circle.", "a blue square"]}]},
     )
-    texts: list[str] = Field(description="texts to embed")
+    texts: list[str] = Field(description="texts to embed", json_schema_extra=LABELS_SCHEMA)
     templates: str | list[str] | None = Field(
         default=None,
         description="if given, each text is a label put into every template and the features averaged "
@@ -47,7 +80,7 @@ class LabelSetPut(BaseModel):
         extra="forbid",
         json_schema_extra={"examples": [{"labels": ["cat", "dog", "bird"], "templates": "imagenet80"}]},
     )
-    labels: list[str] = Field(description="the labels, in order")
+    labels: list[str] = Field(description="the labels, in order", json_schema_extra=LABELS_SCHEMA)
     templates: str | list[str] | None = Field(default=None, description=TEMPLATES_DOC)
 
 
@@ -110,7 +143,9 @@ ERRORS: dict[int | str, dict[str, object]] = {
     s: {"model": ErrorResponse, "description": d}
     for s, d in {
         400: "malformed body",
-        401: "missing or wrong API key",
+        401: "missing or wrong API key or admin token",
+        403: "an admin route while no admin token is configured",
+        404: "no such label set",
         413: "too large: body, image file, pixels or image count",
         415: "unsupported content type or image format",
         422: "invalid input: labels, templates, top_k, image bytes",
