@@ -110,9 +110,7 @@ def main() -> None:
             rows["1 image + 1,000-label set (cached)"] = median_ms(by_set, args.repeat)
 
     floor = rows["image encoder alone, 1 image"]
-    print(
-        f"model {args.name} on {platform.machine()}, median of {args.repeat} requests"
-    )
+    print(f"model {args.name} on {platform.machine()}, median of {args.repeat} requests")
     print(f"{'':45s} {'ms':>10s} {'over encoder alone':>20s}")
     for k, v in rows.items():
         print(f"{k:45s} {v:10.2f} {v - floor:+20.2f}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict, JsonValue
 
 # a 2x2 red PNG
 EXAMPLE_PNG = (
@@ -14,15 +15,15 @@ IMAGE_ENCODING = {
     "image": {"contentType": "image/png, image/jpeg, image/webp, image/gif, image/bmp, image/tiff"}
 }
 # Documented constraints (the schema only: the routes check them themselves, with specific error codes)
-LABEL_ITEMS = {
+LABEL_ITEMS: JsonDict = {
     "type": "string",
     "minLength": 1,
     "maxLength": 1000,
     "pattern": r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$",
 }
-LABELS_SCHEMA = {"items": LABEL_ITEMS, "minItems": 1, "uniqueItems": True}
-LABEL_SET_NAME = {"pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"}
-ONE_OF_LABELS = [
+LABELS_SCHEMA: JsonDict = {"items": LABEL_ITEMS, "minItems": 1, "uniqueItems": True}
+LABEL_SET_NAME: JsonDict = {"pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"}
+ONE_OF_LABELS: list[JsonValue] = [
     {"required": ["labels"], "not": {"required": ["label_set"]}},
     {"required": ["label_set"], "not": {"required": ["labels"]}},
 ]
