@@ -38,6 +38,7 @@ from app.api.schemas import (
     ClassifyJson,
     ClassifyResponse,
 )
+from app.runtime.batcher import Announcement
 from app.runtime.service import ModelRuntime
 from model.prompts import resolve_templates
 
@@ -111,14 +112,14 @@ async def run_classify(
     build: Any,
     top_k: Any,
     t0: float,
+    coming: Announcement,
 ) -> dict[str, Any]:
     s = deps.settings(request)
     k = parse_top_k(top_k, s.default_top_k, len(labels))
     batcher = deps.batcher(request)
-    with batcher.announce() as coming:
-        pixels = await images.pixels(rt.encoders.preprocess, s)
-        t1 = time.perf_counter()
-        encode = batcher.wait(batcher.submit(rt, pixels, s.queue_timeout_s, coming))
+    pixels = await images.pixels(rt.encoders.preprocess, s)
+    t1 = time.perf_counter()
+    encode = batcher.wait(batcher.submit(rt, pixels, s.queue_timeout_s, coming))
     if matrix is None:  # encode the labels and the images side by side
         matrix, feats = await asyncio.gather(run_in_threadpool(build), encode)
     else:
@@ -156,6 +157,11 @@ async def run_classify(
 async def classify(request: Request) -> dict[str, Any]:
     t0 = time.perf_counter()
     rt = deps.get_runtime(request)
+    with deps.batcher(request).announce() as coming:  # admission: 503 at once when full, body unread
+        return await _classify(request, rt, t0, coming)
+
+
+async def _classify(request: Request, rt: ModelRuntime, t0: float, coming: Announcement) -> dict[str, Any]:
     s = deps.settings(request)
     kind = content_type(request)
     if kind in (MULTIPART, URLENCODED):  # a form without files arrives urlencoded: say what is missing
@@ -180,4 +186,4 @@ async def classify(request: Request) -> dict[str, Any]:
         raise ApiError(
             415, "unsupported_media_type", f"send {MULTIPART} or {JSON}, not {kind or 'no content type'}"
         )
-    return await run_classify(request, rt, images, labels, matrix, build, top_k, t0)
+    return await run_classify(request, rt, images, labels, matrix, build, top_k, t0, coming)

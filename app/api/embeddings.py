@@ -54,15 +54,17 @@ router = APIRouter(dependencies=[ApiKey])
 async def image_embeddings(request: Request) -> dict[str, Any]:
     rt = deps.get_runtime(request)
     s = deps.settings(request)
-    kind = content_type(request)
-    if kind in (MULTIPART, URLENCODED):
-        images = await ImagesIn.from_uploads((await read_form(request, s)).getlist("image"), s)
-    elif kind == JSON:
-        images = ImagesIn.from_base64((await read_json(request, ImagesJson)).images, s)
-    else:
-        raise ApiError(415, "unsupported_media_type", f"send {MULTIPART} or {JSON}, not {kind or 'nothing'}")
     batcher = deps.batcher(request)
-    with batcher.announce() as coming:
+    with batcher.announce() as coming:  # admission: 503 at once when full, body unread
+        kind = content_type(request)
+        if kind in (MULTIPART, URLENCODED):
+            images = await ImagesIn.from_uploads((await read_form(request, s)).getlist("image"), s)
+        elif kind == JSON:
+            images = ImagesIn.from_base64((await read_json(request, ImagesJson)).images, s)
+        else:
+            raise ApiError(
+                415, "unsupported_media_type", f"send {MULTIPART} or {JSON}, not {kind or 'nothing'}"
+            )
         pixels = await images.pixels(rt.encoders.preprocess, s)
         items = batcher.submit(rt, pixels, s.queue_timeout_s, coming)
     feats = await batcher.wait(items)

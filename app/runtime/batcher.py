@@ -7,9 +7,11 @@ and answers every request with its own rows. A lone request is never held back. 
 runtime they started on, so a hot reload never moves a request to another model: a batch holds
 items of one runtime only.
 
-Admission is decided at once: when the queue already holds `max_queue` images the request is
-refused (QueueFull -> 503 + Retry-After), never left to wait without bound. An item whose deadline
-passed while it waited is dropped before it reaches the model (DeadlineExceeded -> 503).
+Admission is decided at once, before a request's body is read: when the images queued plus the
+requests on their way reach `max_queue`, the request is refused (QueueFull -> 503 + Retry-After),
+never left to wait without bound; `submit` checks the image count again once it is known. An item
+whose deadline passed while it waited is dropped before it reaches the model (DeadlineExceeded ->
+503).
 """
 
 from __future__ import annotations
@@ -118,9 +120,18 @@ class ImageBatcher:
 
     @contextlib.contextmanager
     def announce(self) -> Iterator[Announcement]:
-        """Mark a request as on its way (decoding its images) until it submits or fails: a batch
-        waits up to max_wait_ms for more only while such requests exist, so a lone request never
-        waits for company that is not coming. Call from the event loop only."""
+        """Admit a request at the door and mark it as on its way (reading and decoding its images)
+        until it submits or fails. Refused with QueueFull, before its body is read, when the images
+        queued plus the requests on their way fill the queue: so the work a server accepts is
+        bounded end to end, not only at the encoder. A batch waits up to max_wait_ms for more only
+        while requests are on their way, so a lone request never waits for company that is not
+        coming. Call from the event loop only."""
+        if self._pending + self._incoming >= self.max_queue:  # each request counts one image at least
+            self.rejected += 1
+            raise QueueFull(
+                f"{self._pending} images are queued and {self._incoming} requests on their way; "
+                f"the queue holds {self.max_queue}"
+            )
         a = Announcement()
         self._incoming += 1
         try:

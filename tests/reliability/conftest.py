@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from fastapi import FastAPI
 
 from app.main import create_app
 from app.settings import Settings
@@ -36,13 +37,13 @@ def server_settings(tmp: Path, **kw: Any) -> Settings:
 
 
 @contextmanager
-def live_server(settings: Settings) -> Iterator[str]:
-    """Serve create_app(settings) on a free loopback port in a thread; yields the base URL."""
+def live_server(settings: Settings, app: FastAPI | None = None) -> Iterator[str]:
+    """Serve `app` (default create_app(settings)) on a free loopback port in a thread; yields the URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app or create_app(settings), log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
