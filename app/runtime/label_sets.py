@@ -90,6 +90,7 @@ def _atomic_write(path: Path, write: Any) -> None:
 class LabelSetStore:
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._parsed: dict[str, tuple[tuple[int, int], LabelSet]] = {}
 
     def _file(self, name: str) -> Path:
         return self.root / f"{check_name(name)}.json"
@@ -120,12 +121,20 @@ class LabelSetStore:
         return ls
 
     def get(self, name: str) -> LabelSet:
+        """The set as stored now; parsed once per version of its file (replicas may change it)."""
         path = self._file(name)
         try:
+            st = path.stat()
+            stamp = (st.st_mtime_ns, st.st_size)
+            cached = self._parsed.get(name)
+            if cached is not None and cached[0] == stamp:
+                return cached[1]
             d = json.loads(path.read_text())
-            return LabelSet(
+            ls = LabelSet(
                 d["name"], tuple(d["labels"]), tuple(d["templates"]), d.get("template_set"), d["created_at"]
             )
+            self._parsed[name] = (stamp, ls)
+            return ls
         except FileNotFoundError:
             raise LabelSetError(404, "label_set_not_found", f"no label set named {name!r}") from None
         except (OSError, ValueError, KeyError, TypeError) as e:
@@ -148,6 +157,7 @@ class LabelSetStore:
         if not path.exists():
             raise LabelSetError(404, "label_set_not_found", f"no label set named {name!r}")
         path.unlink()
+        self._parsed.pop(name, None)
         for m in self._matrices(name):
             m.unlink(missing_ok=True)
 
