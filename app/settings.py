@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     device: Literal["auto", "cuda", "cpu"] = Field(
         default="auto", description="auto: CUDA when onnxruntime offers it and a GPU answers, else CPU"
     )
+    image_precision: Literal["fp32", "int8"] = Field(
+        default="fp32", description="int8: the bundle's image_encoder.int8.onnx (export --int8)"
+    )
     intra_op_threads: int | None = Field(
         default=None, ge=1, description="onnxruntime threads per session; default: all cores"
     )

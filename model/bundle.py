@@ -27,6 +27,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 IMAGE_ENCODER = "image_encoder.onnx"
 TEXT_ENCODER = "text_encoder.onnx"
+IMAGE_ENCODER_INT8 = "image_encoder.int8.onnx"  # optional: `zeroshot export --int8`
 TOKENIZER = "tokenizer.json"
 CURRENT = "CURRENT"
 REQUIRED_FILES = (IMAGE_ENCODER, TEXT_ENCODER, TOKENIZER)

@@ -101,6 +101,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         tolerance=args.tolerance,
         publish=not args.no_publish,
         extra_manifest={"source": {"checkpoint": str(args.checkpoint)}},
+        int8=args.int8,
     )
     p = bundle.manifest["parity"]
     print(
@@ -169,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--version", help="bundle version (default: UTC timestamp)")
     e.add_argument("--tolerance", type=float, default=1e-4, help="max abs diff ONNX vs torch (default 1e-4)")
     e.add_argument("--no-publish", action="store_true", help="write the bundle but do not make it CURRENT")
+    e.add_argument(
+        "--int8",
+        action="store_true",
+        help="also write image_encoder.int8.onnx (served with ZEROSHOT_IMAGE_PRECISION=int8)",
+    )
     e.set_defaults(func=cmd_export)
 
     v = sub.add_parser(

@@ -39,6 +39,8 @@ async def models(request: Request) -> dict[str, Any]:
         "created_at": b.manifest.get("created_at"),
         "architecture": {k: v for k, v in b.architecture.items() if k != "config"},
         "provider": rt.encoders.provider,
+        "image_precision": rt.encoders.image_precision,
+        "int8": b.manifest.get("int8"),
         "logit_scale": b.logit_scale,
         "parity": b.manifest.get("parity"),
         "eval": (b.eval_results() or {}).get("summary"),

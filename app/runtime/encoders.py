@@ -13,7 +13,7 @@ from typing import Literal
 import numpy as np
 import onnxruntime as ort
 
-from model.bundle import IMAGE_ENCODER, TEXT_ENCODER, TOKENIZER, Bundle, BundleError
+from model.bundle import IMAGE_ENCODER, IMAGE_ENCODER_INT8, TEXT_ENCODER, TOKENIZER, Bundle, BundleError
 from model.preprocess import PreprocessConfig
 from model.tokenizer import ClipTokenizer
 
@@ -54,14 +54,28 @@ def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
 class OnnxEncoders:
     """Image and text encoder sessions of one bundle, with the bundle's tokenizer and preprocessing."""
 
-    def __init__(self, bundle: Bundle, device: Device = "auto", intra_op_threads: int | None = None) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        device: Device = "auto",
+        intra_op_threads: int | None = None,
+        image_precision: Literal["fp32", "int8"] = "fp32",
+    ) -> None:
         self.bundle = bundle
+        self.image_precision = image_precision
         self.providers = choose_providers(device)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = intra_op_threads or available_cpus()
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.image_session = self._session(IMAGE_ENCODER, opts)
+        if image_precision == "int8" and IMAGE_ENCODER_INT8 not in bundle.manifest.get("files", {}):
+            raise BundleError(
+                f"{bundle.path} has no {IMAGE_ENCODER_INT8}: export it with `zeroshot export --int8`, "
+                "or serve with ZEROSHOT_IMAGE_PRECISION=fp32"
+            )
+        self.image_session = self._session(
+            IMAGE_ENCODER_INT8 if image_precision == "int8" else IMAGE_ENCODER, opts
+        )
         self.text_session = self._session(TEXT_ENCODER, opts)
         self.provider = self.image_session.get_providers()[0]
         self.tokenizer = ClipTokenizer.from_file(
@@ -70,7 +84,13 @@ class OnnxEncoders:
         self.preprocess = PreprocessConfig.from_dict(bundle.manifest["preprocessing"])
         self.embed_dim = int(bundle.architecture["embed_dim"])
         self._check_signatures()
-        log.info("loaded %s/%s on %s", bundle.name, bundle.version, self.provider)
+        log.info(
+            "loaded %s/%s on %s (image encoder %s)",
+            bundle.name,
+            bundle.version,
+            self.provider,
+            image_precision,
+        )
 
     def _session(self, name: str, opts: ort.SessionOptions) -> ort.InferenceSession:
         path = self.bundle.file(name)

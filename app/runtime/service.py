@@ -162,7 +162,9 @@ class ModelRuntime:
     def __init__(self, settings: Settings, version: str, cache: LabelCache | None = None) -> None:
         self.settings = settings
         self.bundle: Bundle = load_bundle(settings.models_dir / settings.model_name / version)
-        self.encoders = OnnxEncoders(self.bundle, settings.device, settings.intra_op_threads)
+        self.encoders = OnnxEncoders(
+            self.bundle, settings.device, settings.intra_op_threads, settings.image_precision
+        )
         self.sha = self.bundle.sha
         self.cache = cache if cache is not None else LabelCache(settings.label_cache_bytes)
         self._warm_up()

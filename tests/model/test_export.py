@@ -99,3 +99,25 @@ def test_mismatched_preprocessing_is_refused(
             TEXTS,
             preprocess=PreprocessConfig(image_size=224),
         )
+
+
+def test_int8_image_encoder_is_exported_measured_and_served_only_when_present(
+    tiny: torch.nn.Module, images: np.ndarray, tmp_path: Path
+) -> None:
+    from model.bundle import BundleError
+
+    tok = ClipTokenizer.clip_bpe()
+    b = export_bundle(tiny, tok, tmp_path / "q", images, TEXTS, version="v1", int8=True)
+    q = b.manifest["int8"]
+    assert "image_encoder.int8.onnx" in b.manifest["files"]  # hashed like every other file
+    assert (
+        q["images_checked"] == len(images) and 0.9 < q["cosine_to_fp32_min"] <= q["cosine_to_fp32_mean"] <= 1
+    )
+    fp32 = OnnxEncoders(b, device="cpu").encode_images(images)
+    int8 = OnnxEncoders(b, device="cpu", image_precision="int8")
+    assert int8.image_precision == "int8"
+    cos = (fp32 * int8.encode_images(images)).sum(axis=1)
+    assert cos.min() == pytest.approx(q["cosine_to_fp32_min"], abs=1e-4)
+    plain = export_bundle(tiny, tok, tmp_path / "p", images, TEXTS, version="v1")
+    with pytest.raises(BundleError, match="--int8"):
+        OnnxEncoders(plain, device="cpu", image_precision="int8")
