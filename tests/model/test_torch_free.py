@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
         "model.bundle, model.tokenizer, model.preprocess, model.prompts",
         # the ONNX encoders, the classifier maths and `zeroshot eval` also run without torch
         "app.runtime.encoders, app.runtime.classifier, model.evaluate, model.data.synthetic",
-        "app.main",  # the whole service
+        "app.main, app.serve",  # the whole service, and how `zeroshot serve` runs it
     ],
 )
 def test_modules_do_not_import_torch(modules: str) -> None:
