@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 MODELS := models
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup serve test lint default-model clean-model
+.PHONY: setup serve test lint default-model clean-model test-containers
 
 setup: $(VENV)/.installed $(MODELS)/default/CURRENT
 
@@ -43,3 +43,9 @@ test: setup lint
 
 clean-model:
 	rm -rf runs/default $(MODELS)/default
+
+# The container test (tests/containers/run.sh, README "Deploy"): builds the server image, runs two
+# replicas behind nginx on loopback ports, stops one and publishes a model under load. Installs
+# docker.io, debootstrap, nginx and docker-compose with apt when they are missing (root, as in CI).
+test-containers: setup
+	bash tests/containers/run.sh

@@ -93,6 +93,11 @@ class Settings(BaseSettings):
             return frozenset(str(s) for s in v if str(s))
         return v
 
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: object) -> object:
+        return None if isinstance(v, str) and not v.strip() else v
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.max_queue < self.max_images_per_request:

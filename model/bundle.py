@@ -174,6 +174,16 @@ def current_bundle(model_dir: str | Path, verify_hashes: bool = True) -> Bundle:
     return load_bundle(model_dir / read_current(model_dir), verify_hashes)
 
 
+_UMASK = os.umask(0o022)  # read once, at import (os.umask can only be read by setting it)
+os.umask(_UMASK)
+
+
+def _readable(path: str | Path, folder: bool = False) -> None:
+    """Give what we write the permissions the umask would (mkstemp/mkdtemp make them owner-only),
+    so a server running as another user (a container's uid) can read a bundle the trainer wrote."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~_UMASK)
+
+
 def set_current(model_dir: str | Path, version: str) -> None:
     """Point CURRENT at a version atomically (write a temporary file, then rename over)."""
     model_dir = Path(model_dir)
@@ -182,6 +192,7 @@ def set_current(model_dir: str | Path, version: str) -> None:
         raise BundleError(f"cannot publish {model_dir / version}: it is not a bundle")
     fd, tmp = tempfile.mkstemp(prefix=".CURRENT.", dir=model_dir)
     try:
+        _readable(tmp)
         with os.fdopen(fd, "w") as f:
             f.write(version + "\n")
             f.flush()
@@ -216,6 +227,7 @@ def write_bundle(
         raise BundleError(f"{target} already exists; choose another version")
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir))
     try:
+        _readable(tmp, folder=True)
         extra = write_files(tmp) or {}
         files = {}
         for f in sorted(tmp.iterdir()):
@@ -231,6 +243,8 @@ def write_bundle(
             "files": files,
         }
         (tmp / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
+        for f in tmp.iterdir():
+            _readable(f)
         for f in tmp.iterdir():
             with f.open("rb") as fh:
                 os.fsync(fh.fileno())
@@ -248,6 +262,7 @@ def update_eval(bundle: Bundle, results: Mapping[str, Any]) -> None:
     """Write eval.json beside a bundle (not part of the hashed files: it may be refreshed later)."""
     p = bundle.path / "eval.json"
     fd, tmp = tempfile.mkstemp(prefix=".eval.", dir=bundle.path)
+    _readable(tmp)
     with os.fdopen(fd, "w") as f:
         json.dump(results, f, indent=2, sort_keys=True)
         f.write("\n")

@@ -163,3 +163,11 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ZEROSHOT_MAX_IMAGES_PER_REQUEST", "0")
     with pytest.raises(ValueError, match="max_images_per_request"):
         Settings()
+
+
+def test_an_empty_admin_token_means_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZEROSHOT_ADMIN_TOKEN", "")
+    assert Settings().admin_token is None
+    monkeypatch.setenv("ZEROSHOT_ADMIN_TOKEN", "short")
+    with pytest.raises(ValueError, match="at least 8"):
+        Settings()

@@ -93,3 +93,15 @@ def test_manifest_version_must_match_its_folder(tmp_path: Path) -> None:
     b.path.rename(tmp_path / "m" / "v2")  # a copy renamed by hand is not the version it claims
     with pytest.raises(BundleError, match="says version 'v1', but the folder is 'v2'"):
         load_bundle(tmp_path / "m" / "v2")
+
+
+def test_a_bundle_is_readable_by_other_users(tmp_path: Path) -> None:
+    """A server in a container runs as another uid than the trainer: nothing may be owner-only."""
+    from model.bundle import _UMASK, update_eval
+
+    b = write_bundle(tmp_path / "m", "v1", MANIFEST, _write)
+    set_current(tmp_path / "m", "v1")
+    update_eval(b, {"summary": {}})
+    for p in [b.path, tmp_path / "m" / CURRENT, *b.path.iterdir()]:
+        want = (0o777 if p.is_dir() else 0o666) & ~_UMASK
+        assert p.stat().st_mode & 0o777 == want, (p, oct(p.stat().st_mode))
