@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1, description="checked before decoding")
     max_images_per_request: int = Field(default=16, ge=1)
     max_labels_per_request: int = Field(default=1000, ge=1, description="also texts per embeddings call")
+    jpeg_draft: bool = Field(
+        default=False, description="decode large JPEGs at 1/2-1/8 scale in the DCT (faster, near-identical)"
+    )
     allowed_formats: Annotated[frozenset[str], NoDecode] = Field(
         default=DEFAULT_FORMATS, description='"JPEG,PNG" or a JSON list; others get 415'
     )

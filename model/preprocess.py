@@ -101,8 +101,13 @@ def decode_image(
     *,
     allowed_formats: Collection[str] = DEFAULT_FORMATS,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft_size: int | None = None,
 ) -> Image.Image:
-    """Untrusted bytes -> upright RGB image (first frame, alpha flattened onto white)."""
+    """Untrusted bytes -> upright RGB image (first frame, alpha flattened onto white).
+
+    ``draft_size``: let a JPEG decode at 1/2, 1/4 or 1/8 scale (in the DCT, much cheaper than a full
+    decode) as long as both sides stay >= draft_size; the CLIP resize that follows then starts from a
+    smaller image. Off by default: it is close to, not the same as, a full decode (bench/README.md)."""
     if not data:
         raise InvalidImage("the upload is empty")
     try:
@@ -132,6 +137,8 @@ def decode_image(
             f"image is {width}x{height} = {width * height:,} pixels; the cap is {max_pixels:,} pixels"
         )
     try:
+        if draft_size and fmt == "JPEG":
+            img.draft(None, (draft_size, draft_size))
         img.load()  # first frame only: Image.open leaves animated files positioned at frame 0
         try:
             ImageOps.exif_transpose(img, in_place=True)
@@ -161,8 +168,12 @@ def preprocess_bytes(
     *,
     allowed_formats: Collection[str] = DEFAULT_FORMATS,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    jpeg_draft: bool = False,
 ) -> np.ndarray:
-    return preprocess_image(decode_image(data, allowed_formats=allowed_formats, max_pixels=max_pixels), cfg)
+    draft = cfg.image_size if jpeg_draft else None
+    return preprocess_image(
+        decode_image(data, allowed_formats=allowed_formats, max_pixels=max_pixels, draft_size=draft), cfg
+    )
 
 
 def preprocess_batch(images: Sequence[Image.Image], cfg: PreprocessConfig) -> np.ndarray:

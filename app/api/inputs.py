@@ -171,7 +171,11 @@ class ImagesIn:
             for i, data in enumerate(self.files):
                 try:
                     out[i] = preprocess_bytes(
-                        data, pre, allowed_formats=s.allowed_formats, max_pixels=s.max_image_pixels
+                        data,
+                        pre,
+                        allowed_formats=s.allowed_formats,
+                        max_pixels=s.max_image_pixels,
+                        jpeg_draft=s.jpeg_draft,
                     )
                 except ImageError as e:
                     if len(self.files) > 1:

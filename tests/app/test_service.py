@@ -4,6 +4,7 @@ API keys, the label cache, the batcher under concurrent requests, and overload."
 from __future__ import annotations
 
 import base64
+import io
 import logging
 import threading
 import time
@@ -414,3 +415,16 @@ def test_the_readme_documents_every_setting() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     missing = [n for n in Settings.model_fields if f"`ZEROSHOT_{n.upper()}`" not in readme]
     assert not missing, f"README.md does not document: {missing}"
+
+
+def test_jpeg_draft_serves_large_photos_the_same_way(tmp_path: Path) -> None:
+    img = SEEN[0].image.resize((640, 480))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=92)
+    with TestClient(create_app(make_settings(tmp_path, jpeg_draft=True))) as c:
+        r = c.post(
+            "/v1/classify",
+            files=[("image", ("a.jpg", buf.getvalue(), "image/jpeg"))],
+            data={"labels": CLASSES, "templates": "synthetic"},
+        )
+        assert r.status_code == 200 and r.json()["results"][0]["labels"][0]["label"] == SEEN[0].label

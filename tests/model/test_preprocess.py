@@ -479,3 +479,25 @@ def test_property_any_input_gives_array_or_image_error(
     for out in outputs:
         assert out.shape == (3, image_size, image_size) and out.dtype == np.float32
         assert out.flags.c_contiguous and np.isfinite(out).all()
+
+
+def test_jpeg_draft_decodes_smaller_but_never_below_the_input_size() -> None:
+    from model.preprocess import PreprocessConfig, decode_image, preprocess_bytes
+
+    rng = np.random.default_rng(0)
+    smooth = Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).resize((1000, 700))
+    buf = io.BytesIO()
+    smooth.save(buf, format="JPEG", quality=90)
+    data = buf.getvalue()
+    assert decode_image(data).size == (1000, 700)
+    # 1/2 scale: 500x350; 1/4 would be 250x175, below 224 on the short side, so it is not taken
+    assert decode_image(data, draft_size=224).size == (500, 350)
+    assert decode_image(data, draft_size=64).size == (125, 88)  # 1/8
+    cfg = PreprocessConfig(image_size=224)
+    full, fast = preprocess_bytes(data, cfg), preprocess_bytes(data, cfg, jpeg_draft=True)
+    assert full.shape == fast.shape and np.abs(full - fast).mean() < 0.05
+    png = io.BytesIO()
+    smooth.save(png, format="PNG")
+    assert np.array_equal(
+        preprocess_bytes(png.getvalue(), cfg), preprocess_bytes(png.getvalue(), cfg, jpeg_draft=True)
+    )
