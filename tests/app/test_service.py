@@ -24,24 +24,14 @@ from app.main import create_app
 from app.settings import Settings
 from model.data.synthetic import SyntheticShapes
 from tests.app.test_api import CLASSES, png
-from tests.conftest import DEFAULT_MODEL_DIR
+from tests.servers import service_settings
 
 ADMIN = {"Authorization": "Bearer admin-token-123"}
 SEEN = SyntheticShapes(64, seed=7, split="seen", length=16)
 
 
 def make_settings(tmp: Path, **kw: Any) -> Settings:
-    if not (DEFAULT_MODEL_DIR / "CURRENT").exists():
-        pytest.fail(f"{DEFAULT_MODEL_DIR} has no CURRENT: run `make setup` first (make test does)")
-    base: dict[str, Any] = dict(
-        models_dir=DEFAULT_MODEL_DIR.parent,
-        model_name="default",
-        device="cpu",
-        reload_interval_s=0,
-        label_sets_dir=tmp / "label-sets",
-        admin_token="admin-token-123",
-    )
-    return Settings(**{**base, **kw})
+    return service_settings(tmp, **{"admin_token": "admin-token-123", **kw})
 
 
 @pytest.fixture(scope="module")

@@ -9,24 +9,16 @@ from __future__ import annotations
 import base64
 import io
 import os
-import socket
-import threading
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from PIL import Image
 
-from app.main import create_app
-from app.settings import Settings
 from model.data.synthetic import SyntheticShapes, all_classes, class_name
-from tests.conftest import DEFAULT_MODEL_DIR
+from tests.servers import live_server, service_settings
 
 CHROMIUM = Path("/usr/bin/chromium")
 CLASSES = [class_name(*c) for c in all_classes()]
@@ -63,41 +55,10 @@ FIRST, SECOND = SEEN[1], SEEN[5]  # a red triangle, a green square
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[str]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A live uvicorn server on a free loopback port, in a thread; yields its base URL."""
-    if not (DEFAULT_MODEL_DIR / "CURRENT").exists():
-        pytest.fail(f"{DEFAULT_MODEL_DIR} has no CURRENT: run `make setup` first (make test does)")
-    settings = Settings(
-        models_dir=DEFAULT_MODEL_DIR.parent, model_name="default", device="cpu", reload_interval_s=0
-    )
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(settings), log_level="warning", lifespan="on")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    try:
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if not thread.is_alive():
-                pytest.fail("the server thread died before it was ready")
-            if time.monotonic() > deadline:
-                pytest.fail(f"{base}/readyz did not answer 200 within 60 s")
-            time.sleep(0.1)
+    with live_server(service_settings(tmp_path_factory.mktemp("page"))) as base:
         yield base
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
 
 
 @pytest.fixture(scope="module")

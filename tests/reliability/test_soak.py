@@ -9,20 +9,15 @@ from __future__ import annotations
 import base64
 import io
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 import httpx
-import pytest
 
 from model.data.synthetic import SyntheticShapes, all_classes, class_name
-from tests.app.test_shutdown import free_port
-from tests.conftest import DEFAULT_MODEL_DIR, ROOT
+from tests.servers import served_process
 
 CLASSES = [class_name(*c) for c in all_classes()]
 SECONDS = float(os.environ.get("ZEROSHOT_SOAK_S", "120"))
@@ -47,31 +42,13 @@ def images() -> list[bytes]:
 
 
 def test_steady_load_has_no_errors_and_memory_levels_off(tmp_path: Path) -> None:
-    if not (DEFAULT_MODEL_DIR / "CURRENT").exists():
-        pytest.fail(f"{DEFAULT_MODEL_DIR} has no CURRENT: run `make setup` first (make test does)")
-    port = free_port()
-    env = {
-        **os.environ,
-        "ZEROSHOT_MODELS_DIR": str(DEFAULT_MODEL_DIR.parent),
-        "ZEROSHOT_RELOAD_INTERVAL_S": "1",
-        "ZEROSHOT_LABEL_SETS_DIR": str(tmp_path),
-        "ZEROSHOT_DRAIN_S": "0",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "model.cli", "serve", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
     imgs = images()
     label_lists = [CLASSES[i : i + 12] for i in range(0, 36, 4)] + [[f"thing {k}" for k in range(50)]]
     statuses: Counter[int] = Counter()
     errors: list[str] = []
     stop = threading.Event()
 
-    def client(k: int) -> None:
+    def client(base: str, k: int) -> None:
         with httpx.Client(base_url=base, timeout=30) as c:
             i = k
             while not stop.is_set():
@@ -97,17 +74,9 @@ def test_steady_load_has_no_errors_and_memory_levels_off(tmp_path: Path) -> None
                 except httpx.HTTPError as e:
                     errors.append(repr(e))
 
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.1)
-        threads = [threading.Thread(target=client, args=(k,)) for k in range(CLIENTS)]
+    env = {"ZEROSHOT_RELOAD_INTERVAL_S": "1", "ZEROSHOT_DRAIN_S": "0"}
+    with served_process(tmp_path, env) as (proc, base):
+        threads = [threading.Thread(target=client, args=(base, k)) for k in range(CLIENTS)]
         for t in threads:
             t.start()
         samples: list[tuple[float, float]] = []
@@ -118,12 +87,6 @@ def test_steady_load_has_no_errors_and_memory_levels_off(tmp_path: Path) -> None
         stop.set()
         for t in threads:
             t.join()
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
     total = sum(statuses.values())
     half = [mb for t, mb in samples if t >= SECONDS / 2]
     growth = half[-1] - half[0]
