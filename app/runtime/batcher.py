@@ -146,10 +146,6 @@ class ImageBatcher:
         parts = await asyncio.gather(*(asyncio.wrap_future(it.future) for it in items))
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    async def encode(self, model: ImageModel, pixels: np.ndarray, timeout_s: float) -> np.ndarray:
-        """[n, 3, S, S] -> [n, E] normalized features, sharing encoder calls with other requests."""
-        return await self.wait(self.submit(model, pixels, timeout_s))
-
     # --- the worker thread ---
     def _take(self, until: float) -> _Item | None:
         """The next item for the batch being formed: what is queued now, or - while requests are

@@ -84,7 +84,9 @@ def test_batches_never_mix_models() -> None:
 
     async def run() -> list[np.ndarray]:
         return list(
-            await asyncio.gather(*(b.encode(m, images(i), 10.0) for i, m in enumerate([old, new, old, new])))
+            await asyncio.gather(
+                *(b.wait(b.submit(m, images(i), 10.0)) for i, m in enumerate([old, new, old, new]))
+            )
         )
 
     out = asyncio.run(run())
