@@ -2,13 +2,14 @@
 # `make test` runs the tests (doing the same set-up first when it has not been done).
 PYTHON ?= python3
 VENV   ?= .venv
+OPENCLIP_VENV ?= .venv-openclip
 BIN    := $(VENV)/bin
 MODELS := models
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: setup serve test lint default-model clean-model test-containers
 
-setup: $(VENV)/.installed $(MODELS)/default/CURRENT
+setup: $(VENV)/.installed $(OPENCLIP_VENV)/.installed $(MODELS)/default/CURRENT
 
 # torch==2.13.0 is the CPU build (on the CI machines it is installed from local disk); it is
 # installed first so that the `train` extra's `torch>=2.3` is already satisfied.
@@ -20,6 +21,14 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[server,train,dev]'
 	$(BIN)/pip install --quiet --no-deps clip-anytorch==2.6.0
+	touch $@
+
+# A second venv for tests/model/test_import.py: open_clip needs torchvision, which cannot live beside
+# the main venv's torch, so open_clip runs here and the test talks to it through files.
+$(OPENCLIP_VENV)/.installed:
+	$(PYTHON) -m venv $(OPENCLIP_VENV)
+	$(OPENCLIP_VENV)/bin/pip install --quiet --upgrade pip
+	$(OPENCLIP_VENV)/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1 open_clip_torch==3.3.0 numpy pillow
 	touch $@
 
 # The default model: tiny preset, synthetic data, about 5 minutes on 2 CPU cores.

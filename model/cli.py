@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +36,29 @@ def _bundle_path(arg: str) -> Path:
     return p
 
 
+_TRAIN_FLAGS = (
+    "preset",
+    "data",
+    "data_path",
+    "steps",
+    "batch_size",
+    "accum_steps",
+    "lr",
+    "seed",
+    "precision",
+    "device",
+    "max_minutes",
+    "num_workers",
+    "init_from",
+    "lock_image",
+    "grad_checkpointing",
+    "compile",
+    "eval_folder",
+    "eval_templates",
+    "keep_checkpoints",
+)
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from model.clip import get_preset
     from model.train import TrainConfig, load_checkpoint, train
@@ -49,58 +73,27 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise CliError(f"config file {args.config} does not exist") from None
         except ValueError as e:
             raise CliError(f"config file {args.config} is not valid JSON: {e}") from None
-    for key in (
-        "preset",
-        "data",
-        "steps",
-        "batch_size",
-        "lr",
-        "seed",
-        "precision",
-        "max_minutes",
-        "num_workers",
-    ):
+    for key in _TRAIN_FLAGS:
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     if args.out is not None or "out_dir" not in overrides:
         overrides["out_dir"] = args.out or "runs/default"
     cfg = TrainConfig.from_dict(overrides)
     get_preset(cfg.preset)  # fail fast on an unknown preset
-    if cfg.data != "synthetic":
-        raise CliError(f"unknown data source {cfg.data!r}; available: synthetic")
     last = train(cfg, resume=args.resume)
-    print(f"checkpoint: {last}\ncurves: {Path(cfg.out_dir) / 'curves.png'}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 speaks for the run
+        print(f"checkpoint: {last}\ncurves: {Path(cfg.out_dir) / 'curves.png'}")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    import numpy as np
+    from model.export import export_checkpoint
 
-    from model.data.synthetic import SyntheticShapes, all_classes, class_name
-    from model.export import export_bundle
-    from model.preprocess import PreprocessConfig, preprocess_image
-    from model.prompts import fill, get_templates
-    from model.tokenizer import ClipTokenizer
-    from model.train import load_checkpoint, model_from_checkpoint
-
-    model = model_from_checkpoint(load_checkpoint(args.checkpoint))
-    size = model.config.vision.image_size
-    pre = PreprocessConfig(image_size=size)
-    # Real inputs for the parity check: rendered images of every class and varied prompts.
-    shapes = SyntheticShapes(image_size=size, seed=7, split="all", length=64)
-    images = np.stack([preprocess_image(shapes[i].image, pre) for i in range(len(shapes))])
-    texts = [p for c in all_classes() for p in fill(get_templates("imagenet7"), class_name(*c))]
-    texts += [shapes[i].caption for i in range(len(shapes))]
-    bundle = export_bundle(
-        model,
-        ClipTokenizer.clip_bpe(),
+    bundle = export_checkpoint(
+        args.checkpoint,
         args.out,
-        images,
-        texts,
         version=args.version,
-        preprocess=pre,
         tolerance=args.tolerance,
         publish=not args.no_publish,
-        extra_manifest={"source": {"checkpoint": str(args.checkpoint)}},
         int8=args.int8,
     )
     p = bundle.manifest["parity"]
@@ -111,16 +104,68 @@ def cmd_export(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_import(args: argparse.Namespace) -> None:
+    from model.export import export_bundle, sample_inputs
+    from model.importer import load_published, save_imported_checkpoint
+    from model.preprocess import PreprocessConfig
+    from model.tokenizer import ClipTokenizer
+
+    out = Path(args.out)
+    ckpt_path = Path(args.checkpoint_out or Path("runs") / f"import-{out.name}" / "imported.pt")
+    imported = load_published(args.kind, args.path, args.activation)
+    print(f"{args.kind} weights from {args.path}: {imported.summary()}", flush=True)
+    cfg = imported.model.config
+    pre = PreprocessConfig(image_size=cfg.vision.image_size)  # CLIP's recipe at the model's own size
+    images, texts = sample_inputs(cfg.vision.image_size)
+    source = {"kind": args.kind, "path": str(args.path), "checkpoint": str(ckpt_path)}
+    bundle = export_bundle(
+        imported.model,
+        ClipTokenizer.clip_bpe(context_length=cfg.text.context_length),
+        out,
+        images,
+        texts,
+        version=args.version,
+        preprocess=pre,
+        tolerance=args.tolerance,
+        publish=not args.no_publish,
+        extra_manifest={"source": source},
+    )
+    save_imported_checkpoint(imported.model, ckpt_path, source)
+    p = bundle.manifest["parity"]
+    print(
+        f"bundle: {bundle.path}  (image diff {p['image_max_abs_diff']:.1e}, text diff "
+        f"{p['text_max_abs_diff']:.1e}, tolerance {p['tolerance']:.0e})\n"
+        f"checkpoint (to fine-tune or re-export): {ckpt_path}"
+        + ("" if args.no_publish else f"\npublished as {out / 'CURRENT'} -> {bundle.version}")
+    )
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
-    from model.evaluate import evaluate_synthetic, format_report
+    from model.evaluate import DEFAULT_TEMPLATE_SETS, FOLDER_TEMPLATE_SETS, format_report
+    from model.prompts import load_templates
 
-    templates = [t.strip() for t in args.templates.split(",") if t.strip()]
-    from model.prompts import get_templates
+    default = FOLDER_TEMPLATE_SETS if args.folder else DEFAULT_TEMPLATE_SETS
+    templates = [t.strip() for t in (args.templates or ",".join(default)).split(",") if t.strip()]
+    for t in templates:  # a set name or a template file; a bad one fails before any model loads
+        load_templates(t)
+    if args.limit is not None and not args.folder:
+        raise CliError("--limit applies to --folder evaluation only")
+    if args.folder:
+        from model.evaluate import evaluate_folder
 
-    for t in templates:
-        get_templates(t)
-    report = evaluate_synthetic(_bundle_path(args.bundle), args.heldout_images, args.seen_images, templates)
+        report = evaluate_folder(_bundle_path(args.bundle), args.folder, templates, limit=args.limit)
+    else:
+        from model.evaluate import evaluate_synthetic
+
+        bundle = _bundle_path(args.bundle)
+        report = evaluate_synthetic(bundle, args.heldout_images, args.seen_images, templates)
     print(format_report(report))
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from model.retrain import RetrainConfig, retrain
+
+    return retrain(RetrainConfig.load(args.config), force=args.force)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -147,18 +192,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train CLIP with the contrastive objective")
     t.add_argument(
-        "--preset", help="model architecture: tiny, ViT-B-32, ViT-B-16, ViT-L-14, RN50 (default tiny)"
+        "--preset", help="architecture: tiny, tiny-vit, ViT-B-32, ViT-B-16, ViT-L-14, RN50 (default tiny)"
     )
-    t.add_argument("--data", help="data source (default synthetic)")
+    t.add_argument("--data", help="data source: synthetic, csv, folder, webdataset (default synthetic)")
+    t.add_argument("--data-path", help="CSV/TSV file, image folder, or tar shards (brace pattern or folder)")
     t.add_argument("--out", help="run folder: checkpoints, metrics, curves (default runs/default)")
     t.add_argument("--config", help="JSON file of TrainConfig fields; flags override it")
     t.add_argument("--steps", type=int)
-    t.add_argument("--batch-size", type=int)
+    t.add_argument("--batch-size", type=int, help="global batch: all ranks and accumulation steps together")
+    t.add_argument("--accum-steps", type=int, help="micro-batches per step (same negatives)")
     t.add_argument("--lr", type=float)
     t.add_argument("--seed", type=int)
     t.add_argument("--precision", choices=["fp32", "bf16"])
     t.add_argument("--max-minutes", type=float, help="stop (and checkpoint) after this much training time")
     t.add_argument("--num-workers", type=int, help="data-loading worker processes (default 1)")
+    t.add_argument("--device", help="auto (CUDA when there is one), cpu or cuda")
+    t.add_argument("--init-from", help="fine-tune from a checkpoint, run folder or imported bundle")
+    t.add_argument(
+        "--lock-image", action="store_true", default=None, help="LiT: freeze the image tower, tune the text"
+    )
+    t.add_argument("--grad-checkpointing", action="store_true", default=None, help="save memory")
+    t.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    t.add_argument("--eval-folder", help="image folder of classes to evaluate on during training")
+    t.add_argument("--eval-templates", help="template set for --eval-folder (default: default)")
+    t.add_argument("--keep-checkpoints", type=int, help="step-N.pt copies to keep (default 3)")
     t.add_argument("--resume", help="continue from this checkpoint")
     t.set_defaults(func=cmd_train)
 
@@ -177,8 +234,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.set_defaults(func=cmd_export)
 
+    im = sub.add_parser(
+        "import", help="import published CLIP weights (OpenAI, open_clip, Hugging Face) as a model bundle"
+    )
+    im.add_argument("kind", choices=["openai", "open_clip", "hf"], help="whose checkpoint format")
+    im.add_argument(
+        "path", help="openai: the release .pt file; open_clip: a state_dict or checkpoint; hf: a folder"
+    )
+    im.add_argument("--out", required=True, help="model folder, e.g. models/vit-b-32")
+    im.add_argument("--version", help="bundle version (default: UTC timestamp)")
+    im.add_argument(
+        "--activation",
+        choices=["quick_gelu", "gelu"],
+        help="open_clip only (default gelu; quick_gelu for its -quickgelu models); openai is quick_gelu",
+    )
+    im.add_argument("--tolerance", type=float, default=1e-4, help="max abs diff ONNX vs torch (default 1e-4)")
+    im.add_argument("--no-publish", action="store_true", help="write the bundle but do not make it CURRENT")
+    im.add_argument(
+        "--checkpoint-out", help="zeroshot checkpoint of the weights (default runs/import-NAME/imported.pt)"
+    )
+    im.set_defaults(func=cmd_import)
+
     v = sub.add_parser(
-        "eval", help="zero-shot accuracy of a bundle on the synthetic held-out and seen classes"
+        "eval",
+        help="zero-shot accuracy of a bundle on the synthetic held-out and seen classes, or an image folder",
     )
     v.add_argument(
         "bundle",
@@ -186,10 +265,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=str(DEFAULT_MODELS / "default"),
         help="bundle folder, or model folder with CURRENT (default models/default)",
     )
-    v.add_argument("--templates", default="none,default,synthetic", help="comma-separated template sets")
+    v.add_argument(
+        "--templates",
+        help="comma-separated template sets or template files (default none,default,synthetic; "
+        "with --folder default,imagenet7,imagenet80)",
+    )
     v.add_argument("--heldout-images", type=int, default=600)
     v.add_argument("--seen-images", type=int, default=1500)
+    v.add_argument("--folder", help="evaluate this image folder (one sub-folder per class) instead")
+    v.add_argument("--limit", type=int, help="with --folder: at most N images, round-robin over classes")
     v.set_defaults(func=cmd_eval)
+
+    r = sub.add_parser(
+        "retrain",
+        help="train -> export -> eval -> publish if not worse than the served model (exit 2 if refused)",
+    )
+    r.add_argument("config", help="JSON file: model_dir, train, eval, metric, margin (model/retrain.py)")
+    r.add_argument("--force", action="store_true", help="publish even if the new model is worse")
+    r.set_defaults(func=cmd_retrain)
 
     s = sub.add_parser("serve", help="serve the CURRENT bundle over HTTP (settings: ZEROSHOT_* variables)")
     s.add_argument("--host", default="127.0.0.1")
@@ -214,14 +307,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from model.export import ExportError
         from model.train import TrainError
+        from model.weights import WeightsError
 
-        expected += (ExportError, TrainError)
+        expected += (ExportError, TrainError, WeightsError)
     except ImportError as e:  # the `train` extra is not installed; say so in one line
-        if args.command in ("train", "export"):
+        if args.command in ("train", "export", "import", "retrain"):
             print(f"zeroshot: error: {e.name} is not installed: pip install -e '.[train]'", file=sys.stderr)
             return 1
     try:
-        args.func(args)
+        rc = args.func(args)
     except KeyboardInterrupt:
         print("zeroshot: interrupted", file=sys.stderr)
         return 130
@@ -229,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"zeroshot: error: {msg}", file=sys.stderr)
         return 1
-    return 0
+    return int(rc or 0)
 
 
 if __name__ == "__main__":

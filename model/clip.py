@@ -88,6 +88,14 @@ PRESETS: dict[str, CLIPConfig] = {
     "ViT-B-16": CLIPConfig(512, VisionConfig("vit", 224, 768, 12, 16), _OPENAI_TEXT),
     "ViT-L-14": CLIPConfig(768, VisionConfig("vit", 224, 1024, 24, 14), TextConfig(width=768, heads=12)),
     "RN50": CLIPConfig(1024, VisionConfig("resnet", 224, 64, (3, 4, 6, 3)), _OPENAI_TEXT),
+    # A small ViT for tests of distributed training: no batch norm, so a step on 2 ranks equals a step
+    # on one (batch-norm statistics are per rank on CPU, where SyncBatchNorm does not run).
+    "tiny-vit": CLIPConfig(
+        128,
+        VisionConfig("vit", 64, 128, 2, 16, heads=2),
+        TextConfig(width=128, heads=2, layers=1),
+        activation="gelu",
+    ),
     "tiny": CLIPConfig(
         128,
         VisionConfig("resnet", 64, 32, (1, 1, 1, 1), heads=4),

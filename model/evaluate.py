@@ -1,15 +1,18 @@
 """Zero-shot evaluation through the exported ONNX bundle, on the path the server takes.
 
-Images are encoded as PNG bytes and decoded by the server's preprocessing; texts go through the
-bundle's tokenizer and the server's prompt ensembling (app.runtime.classifier). Torch-free.
+Images are encoded as PNG bytes (synthetic) or read from files (an image folder) and decoded by the
+server's preprocessing; texts go through the bundle's tokenizer and the server's prompt ensembling
+(app.runtime.classifier). Torch-free.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import logging
-from collections import defaultdict
-from collections.abc import Sequence
+from collections import defaultdict, deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +20,17 @@ import numpy as np
 from tqdm import tqdm
 
 from app.runtime.classifier import label_matrix
-from app.runtime.encoders import OnnxEncoders
+from app.runtime.encoders import OnnxEncoders, available_cpus
 from model.bundle import Bundle, load_bundle, update_eval
+from model.data.files import ITEM_ERRORS, DataError, item_error_reason, load_image_file, scan_image_folder
 from model.data.synthetic import HELD_OUT, SyntheticShapes, all_classes, class_name
-from model.preprocess import preprocess_bytes
-from model.prompts import get_templates
+from model.preprocess import PreprocessConfig, preprocess_bytes
+from model.prompts import load_templates
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TEMPLATE_SETS = ("none", "default", "synthetic")
+FOLDER_TEMPLATE_SETS = ("default", "imagenet7", "imagenet80")
 EVAL_SEED = 20_211_231  # fixed and distinct from any training seed: the same images for every model
 
 
@@ -47,7 +52,8 @@ def _encode_split(
 
 
 def _metrics(sim: np.ndarray, truth: Sequence[str], classes: Sequence[str]) -> dict[str, Any]:
-    target = np.array([classes.index(t) for t in truth])
+    position = {c: i for i, c in enumerate(classes)}  # not classes.index: 1000 classes x 50k images
+    target = np.array([position[t] for t in truth])
     top5 = np.argsort(-sim, axis=1)[:, :5]
     hit1 = top5[:, 0] == target
     per_class: dict[str, list[bool]] = defaultdict(list)
@@ -81,7 +87,7 @@ def evaluate_synthetic(
     }
     results: dict[str, Any] = {}
     for tset in template_sets:
-        matrix = label_matrix(encoders, classes, get_templates(tset))
+        matrix = label_matrix(encoders, classes, load_templates(tset))
         results[tset] = {
             split: _metrics(f @ matrix.T, names, classes) for split, (f, names) in splits.items()
         }
@@ -95,6 +101,7 @@ def evaluate_synthetic(
         "seed": EVAL_SEED,
         "results": results,
         "summary": {
+            "dataset": "synthetic",
             "template_set": primary,
             "heldout_top1": results[primary]["heldout"]["top1"],
             "seen_top1": results[primary]["seen"]["top1"],
@@ -103,11 +110,144 @@ def evaluate_synthetic(
         },
     }
     if write:
-        update_eval(bundle, report)
+        save_report(bundle, report)
+    return report
+
+
+def _report_key(report: dict[str, Any]) -> str:
+    dataset = str(report.get("dataset", "synthetic"))
+    return f"folder:{report.get('folder')}" if dataset == "folder" else dataset
+
+
+def save_report(bundle: Bundle, report: dict[str, Any]) -> None:
+    """Write eval.json: this report at the top (its `summary` is what /v1/models shows), and the
+    latest report of every other dataset under `other_reports`, so one eval does not erase another."""
+    old = bundle.eval_results() or {}
+    others = dict(old.pop("other_reports", None) or {})
+    if isinstance(old.get("summary"), dict):
+        others[_report_key(old)] = old
+    others.pop(_report_key(report), None)
+    update_eval(bundle, {**report, "other_reports": others} if others else report)
+
+
+def _take(samples: Sequence[tuple[Path, int]], limit: int | None) -> list[tuple[Path, int]]:
+    """At most `limit` samples, taken round-robin over the classes so that any limit stays balanced."""
+    if limit is None or limit >= len(samples):
+        return list(samples)
+    by_class: dict[int, list[tuple[Path, int]]] = defaultdict(list)
+    for sample in samples:
+        by_class[sample[1]].append(sample)
+    rounds = itertools.zip_longest(*by_class.values())
+    return [s for s in itertools.chain.from_iterable(rounds) if s is not None][:limit]
+
+
+def _read(path: Path, cfg: PreprocessConfig) -> np.ndarray | str:
+    """Pixels, or the reason the file cannot be used."""
+    try:
+        return load_image_file(path, cfg)
+    except ITEM_ERRORS as e:
+        return item_error_reason(e)
+
+
+def _read_ahead(
+    samples: Sequence[tuple[Path, int]], cfg: PreprocessConfig, batch: int
+) -> Iterator[list[tuple[Path, int, np.ndarray | str]]]:
+    """Batches of decoded images, read by a small thread pool (Pillow decodes without the GIL) while
+    the previous batch is encoded; at most two batches are in flight, so memory stays bounded."""
+    threads = max(1, min(4, available_cpus()))
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="eval-read") as pool:
+        pending: deque[list[tuple[Path, int, Future[np.ndarray | str]]]] = deque()
+        for start in range(0, len(samples), batch):
+            pending.append([(p, y, pool.submit(_read, p, cfg)) for p, y in samples[start : start + batch]])
+            if len(pending) == 2:
+                yield [(p, y, f.result()) for p, y, f in pending.popleft()]
+        while pending:
+            yield [(p, y, f.result()) for p, y, f in pending.popleft()]
+
+
+def _encode_folder(
+    encoders: OnnxEncoders, samples: Sequence[tuple[Path, int]], batch: int = 64
+) -> tuple[np.ndarray, list[int], list[dict[str, str]]]:
+    """Normalized image features [N, E], their class indices, and the files skipped (with reasons)."""
+    feats, labels, skipped = [], [], []
+    total = (len(samples) + batch - 1) // batch
+    chunks = _read_ahead(samples, encoders.preprocess, batch)
+    for chunk in tqdm(chunks, total=total, desc="eval folder", unit="batch", leave=False):
+        pixels = []
+        for path, label, result in chunk:
+            if isinstance(result, str):
+                log.warning("skipping unreadable image %s: %s", path, result)
+                skipped.append({"path": str(path), "reason": result})
+            else:
+                pixels.append(result)
+                labels.append(label)
+        if pixels:
+            feats.append(encoders.encode_images(np.stack(pixels)))
+    if not feats:
+        raise DataError(f"none of the {len(samples)} images could be read")
+    return np.concatenate(feats), labels, skipped
+
+
+def evaluate_folder(
+    bundle: Bundle | str | Path,
+    folder: str | Path,
+    template_sets: Sequence[str] = FOLDER_TEMPLATE_SETS,
+    limit: int | None = None,
+    write: bool = True,
+) -> dict[str, Any]:
+    """Zero-shot top-1/top-5/mean per-class recall on `folder/<class>/<images>`, per template set.
+
+    Every class folder is a candidate label ("red_circle" -> "red circle"). Unreadable images are
+    skipped and listed; `limit` evaluates at most that many images, round-robin over the classes.
+    A template set is a set name or a template file (model.prompts.load_templates)."""
+    if limit is not None and limit < 1:
+        raise DataError(f"limit must be >= 1, got {limit}")
+    if not template_sets:
+        raise DataError("no template sets to evaluate")
+    templates = {t: load_templates(t) for t in template_sets}  # bad names fail before any work
+    index = scan_image_folder(folder)
+    if not isinstance(bundle, Bundle):
+        bundle = load_bundle(bundle)
+    encoders = OnnxEncoders(bundle, device="auto")
+    classes = list(index.classes)
+    feats, labels, skipped = _encode_folder(encoders, _take(index.samples, limit))
+    truth = [classes[y] for y in labels]
+    results = {
+        t: _metrics(feats @ label_matrix(encoders, classes, ts).T, truth, classes)
+        for t, ts in templates.items()
+    }
+    primary = results[template_sets[0]]
+    recall = primary["per_class_top1"]
+    weakest = min(recall, key=recall.__getitem__)
+    root = str(index.root.resolve())
+    counts = {"classes": len(classes), "images": len(truth), "skipped": len(skipped)}
+    summary = {
+        "dataset": "folder",
+        "folder": root,
+        "template_set": template_sets[0],
+        **counts,
+        **{k: primary[k] for k in ("top1", "top5", "mean_per_class_recall")},
+        "weakest_class": weakest,
+        "weakest_class_top1": recall[weakest],
+    }
+    report = {
+        "dataset": "folder",
+        "folder": root,
+        **counts,
+        "class_names": classes,
+        "limit": limit,
+        "skipped_files": skipped[:50],  # the first few say what is wrong; the log has them all
+        "results": results,
+        "summary": summary,
+    }
+    if write:
+        save_report(bundle, report)
     return report
 
 
 def format_report(report: dict[str, Any]) -> str:
+    if report.get("dataset") == "folder":
+        return _format_folder_report(report)
     lines = [f"{'templates':<12}{'held-out top1':>15}{'top5':>8}{'seen top1':>12}{'top5':>8}"]
     for tset, r in report["results"].items():
         h, s = r["heldout"], r["seen"]
@@ -119,5 +259,21 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append(
         f"weakest held-out pair ({sm['template_set']} templates): {sm['weakest_heldout_class']} "
         f"{100 * sm['weakest_heldout_top1']:.1f}%"
+    )
+    return "\n".join(lines)
+
+
+def _format_folder_report(report: dict[str, Any]) -> str:
+    lines = [f"{'templates':<16}{'top-1':>8}{'top-5':>8}{'mean per-class recall':>23}"]
+    for tset, r in report["results"].items():
+        name = tset if len(tset) <= 15 else "..." + tset[-12:]  # a template file's path can be long
+        top1, top5, recall = (100 * r[k] for k in ("top1", "top5", "mean_per_class_recall"))
+        lines.append(f"{name:<16}{top1:>7.1f}%{top5:>7.1f}%{recall:>22.1f}%")
+    sm = report["summary"]
+    unreadable = f"; {sm['skipped']} unreadable, skipped" if sm["skipped"] else ""
+    lines.append(f"{sm['images']} images of {sm['classes']} classes in {sm['folder']}{unreadable}")
+    lines.append(
+        f"weakest class ({sm['template_set']} templates): {sm['weakest_class']} "
+        f"{100 * sm['weakest_class_top1']:.1f}%"
     )
     return "\n".join(lines)

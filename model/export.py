@@ -261,3 +261,52 @@ def export_bundle(
     if publish:
         set_current(model_dir, bundle.version)
     return bundle
+
+
+def sample_inputs(image_size: int, n_images: int = 8) -> tuple[np.ndarray, list[str]]:
+    """Rendered images and 250+ varied prompts for the export's ONNX-vs-torch check.
+
+    Few images suffice (a ViT-L/14 at 336 px takes seconds per image on a small CPU, and 8 already
+    cover every op); many prompts, since the text encoder's sequence axis is dynamic.
+    """
+    from model.data.synthetic import SyntheticShapes, all_classes, class_name
+    from model.preprocess import preprocess_image
+    from model.prompts import fill, get_templates
+
+    pre = PreprocessConfig(image_size=image_size)
+    shapes = SyntheticShapes(image_size=image_size, seed=7, split="all", length=n_images)
+    images = np.stack([preprocess_image(shapes[i].image, pre) for i in range(len(shapes))])
+    texts = [p for c in all_classes() for p in fill(get_templates("imagenet7"), class_name(*c))]
+    texts += [shapes[i].caption for i in range(len(shapes))]
+    return images, texts
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    model_dir: str | Path,
+    version: str | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    publish: bool = True,
+    int8: bool = False,
+    n_images: int = 64,
+) -> Bundle:
+    """A training checkpoint -> a bundle in model_dir; the manifest names the checkpoint, so a later
+    fine-tuning run can start from the bundle (model/checkpoints.py resolve_init)."""
+    from model.checkpoints import load_checkpoint, model_from_checkpoint
+
+    model = model_from_checkpoint(load_checkpoint(checkpoint))
+    size = model.config.vision.image_size
+    images, texts = sample_inputs(size, n_images)
+    return export_bundle(
+        model,
+        ClipTokenizer.clip_bpe(),
+        model_dir,
+        images,
+        texts,
+        version=version,
+        preprocess=PreprocessConfig(image_size=size),
+        tolerance=tolerance,
+        publish=publish,
+        extra_manifest={"source": {"checkpoint": str(checkpoint)}},  # as given, like `import`
+        int8=int8,
+    )

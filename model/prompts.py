@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from types import MappingProxyType
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "TemplateError",
     "fill",
     "get_templates",
+    "load_templates",
     "resolve_templates",
     "validate_templates",
 ]
@@ -203,6 +205,40 @@ def resolve_templates(spec: str | Sequence[str] | None) -> tuple[str, ...]:
             return validate_templates(parsed)
         return get_templates(text)
     return validate_templates(spec)
+
+
+def load_templates(spec: str | Sequence[str]) -> tuple[str, ...]:
+    """A template set for training and evaluation: a set name, a file, or a list of templates.
+
+    A file holds a JSON array of strings, or one template per line (blank lines and lines starting
+    with "#" are skipped). Only the command line and the trainer call this: the server's
+    resolve_templates never reads files, so an API client cannot make it open a path.
+    """
+    if not isinstance(spec, str):
+        return validate_templates(spec)
+    if spec in TEMPLATE_SETS:
+        return TEMPLATE_SETS[spec]
+    path = Path(spec)
+    if not path.is_file():
+        known = ", ".join(sorted(TEMPLATE_SETS))
+        raise TemplateError(f"{spec!r} is neither a template set ({known}) nor a template file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TemplateError(f"cannot read template file {path}: {exc}") from None
+    try:
+        if text.lstrip().startswith("["):
+            try:
+                parsed = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise TemplateError(f"looks like a JSON array but does not parse: {exc.msg}") from None
+            if not isinstance(parsed, list):
+                raise TemplateError("JSON templates must be an array of strings")
+            return validate_templates(parsed)
+        lines = [ln.strip() for ln in text.splitlines()]
+        return validate_templates([ln for ln in lines if ln and not ln.startswith("#")])
+    except TemplateError as exc:
+        raise TemplateError(f"template file {path}: {exc.message}") from None
 
 
 def fill(templates: Sequence[str], label: str) -> list[str]:

@@ -1,7 +1,10 @@
-"""Contrastive training of CLIP on CPU or GPU: AdamW, warm-up + cosine schedule, checkpoints, curves.
+"""Contrastive training of CLIP on CPU or GPUs: AdamW, warm-up + cosine schedule, checkpoints, curves.
 
-One config dataclass (TrainConfig) goes everywhere. Checkpoints hold the model config, the train
-config, model and optimizer state, the step and the data position, so a run resumes where it stopped.
+One config dataclass (TrainConfig) goes everywhere. Run it as one process, or under
+`torchrun --nproc-per-node N` for DistributedDataParallel: each rank gathers the features of all
+ranks, so every image sees the whole global batch as negatives, and the gradient is the one a single
+process would compute on that batch (model/distributed.py). Gradient accumulation keeps that too:
+features of the whole batch are computed first without gradient, then each micro-batch again with it.
 """
 
 from __future__ import annotations
@@ -9,9 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,32 +23,47 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
+from model import distributed as dd
+from model.checkpoints import (
+    BEST,
+    LAST,
+    TrainError,
+    keep_step_copy,
+    load_checkpoint,
+    model_from_checkpoint,
+    resolve_init,
+    save_checkpoint,
+)
 from model.clip import CLIP, CLIPConfig, build_model, get_preset, with_image_size
 from model.data.synthetic import SyntheticShapes, all_classes, class_name
 from model.loss import MAX_LOGIT_SCALE, contrastive_loss
 from model.preprocess import PreprocessConfig, preprocess_image
 from model.prompts import fill, get_templates
 from model.tokenizer import ClipTokenizer
+from model.train_logs import MetricsLog, plot_curves
+
+__all__ = ["TrainConfig", "TrainError", "load_checkpoint", "model_from_checkpoint", "train"]
 
 log = logging.getLogger(__name__)
-
-
-class TrainError(Exception):
-    """A training run that cannot start or continue; the message says why."""
 
 
 @dataclass
 class TrainConfig:
     preset: str = "tiny"
-    data: Literal["synthetic"] = "synthetic"
+    # data: synthetic | csv | folder | webdataset (model/data); data_path: the file, folder or shards;
+    # data_options: per-source options (csv image_key/caption_key/separator, folder templates)
+    data: str = "synthetic"
+    data_path: str | None = None
+    data_options: dict[str, Any] = field(default_factory=dict)
     out_dir: str = "runs/default"
     # 450 x 256 images, about 4 minutes on 2 CPU cores. Measured against 900 x 128 (the same images):
     # held-out top-1 93-99% over three runs instead of 84-100%: larger batches, more negatives.
     steps: int = 450
-    batch_size: int = 256
+    batch_size: int = 256  # the global batch: all ranks and accumulation steps together
+    accum_steps: int = 1  # micro-batches per step; the loss still sees the whole batch as negatives
     lr: float = 2e-3
     warmup_steps: int = 100
     min_lr_ratio: float = 0.02
@@ -52,15 +71,24 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.98)  # the paper's; 0.98 is steadier for large-batch contrastive
     eps: float = 1e-6
     seed: int = 0
-    precision: Literal["fp32", "bf16"] = "bf16"
+    precision: Literal["fp32", "bf16"] = "bf16"  # bf16 autocast, on CPU and CUDA alike
+    device: str = "auto"  # auto: CUDA when there is one
     image_size: int | None = None  # None: the preset's
     num_workers: int = 1
     threads: int | None = None  # torch intra-op threads; None: all cores
+    grad_clip: float | None = 1.0
+    grad_checkpointing: bool = False  # recompute transformer blocks in backward: less memory, more time
+    compile: bool = False  # torch.compile the model
+    init_from: str | None = None  # fine-tune: a checkpoint, run folder or bundle (model/checkpoints.py)
+    lock_image: bool = False  # LiT: freeze the image tower, train the text tower to match it
     checkpoint_every: int = 300
+    keep_checkpoints: int = 3  # step-N.pt copies kept besides last.pt and best.pt
     eval_every: int = 50
     eval_images: int = 360
+    eval_folder: str | None = None  # an image folder of classes to evaluate on (non-synthetic data)
+    eval_templates: str = "default"
     max_minutes: float | None = None  # stop early (and checkpoint) when the time is up
-    grad_clip: float | None = 1.0
+    tensorboard: bool = True
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -72,36 +100,6 @@ class TrainConfig:
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
         return cls(**d)
-
-
-class SyntheticPairs(Dataset[tuple[np.ndarray, str]]):
-    """(preprocessed image, caption) pairs; item i depends only on (seed, i), never on call order."""
-
-    def __init__(self, image_size: int, seed: int, split: str = "train", length: int = 1 << 30) -> None:
-        self.shapes = SyntheticShapes(image_size=image_size, seed=seed, split=split, length=length)
-        self.pre = PreprocessConfig(image_size=image_size)  # the server's own preprocessing: no skew
-
-    def __len__(self) -> int:
-        return len(self.shapes)
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, str]:
-        s = self.shapes[index]
-        return preprocess_image(s.image, self.pre), s.caption
-
-
-class _Collate:
-    def __init__(self, tokenizer: ClipTokenizer) -> None:
-        self.tokenizer = tokenizer
-
-    def __call__(self, batch: list[tuple[np.ndarray, str]]) -> tuple[torch.Tensor, torch.Tensor]:
-        pixels = torch.from_numpy(np.stack([b[0] for b in batch]))
-        ids = self.tokenizer.encode_batch([b[1] for b in batch])  # padded to the longest caption
-        # Round the length up to a multiple of 8: a handful of shapes instead of one per length keeps
-        # oneDNN from compiling new kernels for every batch; causal attention makes the padding inert.
-        pad = (-ids.shape[1]) % 8
-        if pad:
-            ids = np.pad(ids, ((0, 0), (0, min(pad, self.tokenizer.context_length - ids.shape[1]))))
-        return pixels, torch.from_numpy(ids)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -134,75 +132,249 @@ def model_config(cfg: TrainConfig) -> CLIPConfig:
 
 
 @torch.no_grad()
-def quick_eval(model: CLIP, tokenizer: ClipTokenizer, cfg: TrainConfig) -> dict[str, float]:
+def class_text_features(
+    model: CLIP, tokenizer: ClipTokenizer, names: Sequence[str], templates: Sequence[str]
+) -> torch.Tensor:
+    """[C, E] prompt-ensembled class embeddings, as the server builds them (normalize, mean, normalize)."""
+    device = model.logit_scale.device
+    ids = torch.from_numpy(tokenizer.encode_batch([p for n in names for p in fill(templates, n)])).to(device)
+    text = F.normalize(model.encode_text(ids).float(), dim=-1).view(len(names), len(templates), -1).mean(1)
+    return F.normalize(text, dim=-1)
+
+
+@torch.no_grad()
+def top1(model: CLIP, pixels: torch.Tensor, targets: torch.Tensor, text: torch.Tensor) -> float:
+    device = model.logit_scale.device
+    hits = 0
+    for i in range(0, len(pixels), 128):
+        img = F.normalize(model.encode_image(pixels[i : i + 128].to(device)).float(), dim=-1)
+        hits += int(((img @ text.T).argmax(-1).cpu() == targets[i : i + 128]).sum())
+    return hits / len(pixels)
+
+
+@torch.no_grad()
+def synthetic_eval(model: CLIP, tokenizer: ClipTokenizer, cfg: TrainConfig) -> dict[str, float]:
     """Zero-shot top-1 among all colour-shape classes, in torch, on fixed held-out and seen images."""
-    was_training = model.training
-    model.eval()
     classes = all_classes()
-    templates = get_templates("synthetic")
-    ids = torch.from_numpy(
-        tokenizer.encode_batch([p for c in classes for p in fill(templates, class_name(*c))])
+    text = class_text_features(
+        model, tokenizer, [class_name(*c) for c in classes], get_templates("synthetic")
     )
-    text = F.normalize(model.encode_text(ids), dim=-1).view(len(classes), len(templates), -1).mean(1)
-    text = F.normalize(text, dim=-1)
     out = {}
     size = model.config.vision.image_size
+    pre = PreprocessConfig(image_size=size)
     for split in ("heldout", "seen"):
-        data = SyntheticPairs(size, seed=cfg.seed + 1000, split=split, length=cfg.eval_images)
-        shapes = data.shapes
-        pixels = torch.from_numpy(np.stack([data[i][0] for i in range(len(data))]))
-        target = torch.tensor([classes.index((shapes[i].colour, shapes[i].shape)) for i in range(len(data))])
-        img = F.normalize(model.encode_image(pixels), dim=-1)
-        out[f"{split}_top1"] = float(((img @ text.T).argmax(-1) == target).float().mean())
-    model.train(was_training)
+        shapes = SyntheticShapes(image_size=size, seed=cfg.seed + 1000, split=split, length=cfg.eval_images)
+        samples = [shapes[i] for i in range(len(shapes))]
+        pixels = torch.from_numpy(np.stack([preprocess_image(s.image, pre) for s in samples]))
+        target = torch.tensor([classes.index((s.colour, s.shape)) for s in samples])
+        out[f"{split}_top1"] = top1(model, pixels, target, text)
     return out
 
 
-def save_checkpoint(
-    path: Path,
-    model: CLIP,
-    opt: torch.optim.Optimizer,
-    step: int,
-    cfg: TrainConfig,
-    best: float | None = None,
-) -> None:
-    ckpt = {
+@torch.no_grad()
+def folder_eval(model: CLIP, tokenizer: ClipTokenizer, cfg: TrainConfig) -> dict[str, float]:
+    """Zero-shot top-1 on cfg.eval_folder's classes (up to cfg.eval_images images, spread evenly over
+    the sorted files so every class is in it); unreadable images are left out."""
+    from model.data.files import load_image_file, scan_image_folder
+
+    assert cfg.eval_folder
+    index = scan_image_folder(cfg.eval_folder)
+    stride = max(1, len(index.samples) // max(1, cfg.eval_images))
+    pre = PreprocessConfig(image_size=model.config.vision.image_size)
+    pixels, targets = [], []
+    for path, label in index.samples[::stride][: cfg.eval_images]:
+        try:
+            pixels.append(load_image_file(path, pre))
+        except Exception as e:  # a corrupt eval image must not end a long run
+            log.warning("eval: skipping %s (%s)", path, e)
+            continue
+        targets.append(label)
+    if not pixels:
+        return {}
+    text = class_text_features(model, tokenizer, list(index.classes), get_templates(cfg.eval_templates))
+    return {"eval_top1": top1(model, torch.from_numpy(np.stack(pixels)), torch.tensor(targets), text)}
+
+
+def run_eval(model: CLIP, tokenizer: ClipTokenizer, cfg: TrainConfig) -> dict[str, float]:
+    """The eval a run reports: synthetic held-out/seen classes, or the eval folder's classes."""
+    was_training = model.training
+    model.eval()
+    try:
+        if cfg.eval_folder:
+            return folder_eval(model, tokenizer, cfg)
+        if cfg.data == "synthetic":
+            return synthetic_eval(model, tokenizer, cfg)
+        return {}
+    finally:
+        model.train(was_training)
+        if cfg.lock_image:
+            model.visual.eval()
+
+
+def best_key(cfg: TrainConfig) -> str | None:
+    if cfg.eval_folder:
+        return "eval_top1"
+    return "heldout_top1" if cfg.data == "synthetic" else None
+
+
+def checkpoint_state(
+    model: CLIP, opt: torch.optim.Optimizer, step: int, cfg: TrainConfig, best: float | None = None
+) -> dict[str, Any]:
+    return {
         "model_config": model.config.to_dict(),
         "train_config": asdict(cfg),
         "model": model.state_dict(),
         "optimizer": opt.state_dict(),
         "step": step,
-        "data_position": step * cfg.batch_size,  # samples consumed; the synthetic stream is indexed by it
-        "best_heldout_top1": best,
+        "data_position": step * cfg.batch_size,  # global samples consumed; the sampler is indexed by it
+        "best_eval": best,
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)  # a crash mid-save never leaves a truncated checkpoint under the real name
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint written by save_checkpoint; TrainError with the reason when it is not one."""
-    path = Path(path)
-    if not path.is_file():
-        raise TrainError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many kinds for a truncated or foreign file
+def _device(cfg: TrainConfig, d: dd.Dist) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device(f"cuda:{d.local_rank}" if torch.cuda.is_available() else "cpu")
+    if cfg.device == "cuda":
+        return torch.device(f"cuda:{d.local_rank}")
+    return torch.device(cfg.device)
+
+
+def _build_model(cfg: TrainConfig, resume: str | Path | None) -> tuple[CLIP, dict[str, Any] | None]:
+    """The model to train: from the resumed checkpoint, the fine-tuning source, or a fresh preset."""
+    if resume:
+        ckpt = load_checkpoint(resume)
+        return model_from_checkpoint(ckpt), ckpt
+    if cfg.init_from:
+        src = resolve_init(cfg.init_from)
+        model = model_from_checkpoint(load_checkpoint(src))
+        size = model.config.vision.image_size
+        if cfg.image_size and cfg.image_size != size:
+            raise TrainError(f"image_size {cfg.image_size} differs from {src}'s {size}; leave it unset")
+        log.info("fine-tuning from %s (the preset %r is not used)", src, cfg.preset)
+        return model, None
+    return build_model(model_config(cfg)), None
+
+
+def _loader(
+    cfg: TrainConfig, d: dd.Dist, image_size: int, start: int, tokenizer: ClipTokenizer
+) -> DataLoader[Any]:
+    from model.data import collate_pairs, open_source
+
+    per_rank = cfg.batch_size // d.world_size
+    micro = per_rank // cfg.accum_steps
+    options = dict(cfg.data_options)
+    if cfg.data == "webdataset":  # blocks of one micro-batch: a resume reads exactly the same batches
+        options.setdefault("block_size", micro)
+    src = open_source(cfg.data, cfg.data_path, image_size, cfg.seed, options)
+    common: dict[str, Any] = {
+        "batch_size": micro,
+        "collate_fn": collate_pairs(tokenizer),
+        "num_workers": cfg.num_workers,
+        "prefetch_factor": 4 if cfg.num_workers else None,
+    }
+    if isinstance(src, IterableDataset):
+        src.configure(d.rank, d.world_size, skip=start * per_rank)
+        return DataLoader(src, **common)
+    sampler = dd.GlobalBatchSampler(
+        len(src),
+        cfg.batch_size,
+        d,
+        cfg.seed,
+        start,
+        cfg.steps,
+        shuffle=cfg.data != "synthetic",  # synthetic item i is already a random draw from (seed, i)
+    )
+    return DataLoader(src, sampler=sampler, drop_last=True, **common)
+
+
+def _check_batch(cfg: TrainConfig, d: dd.Dist) -> None:
+    if cfg.batch_size % (d.world_size * cfg.accum_steps):
         raise TrainError(
-            f"checkpoint {path} cannot be read ({type(e).__name__}): is it a zeroshot checkpoint?"
-        ) from None
-    if not isinstance(ckpt, dict) or not {"model_config", "model"} <= set(ckpt):
-        raise TrainError(f"{path} is not a zeroshot checkpoint (no model_config/model entries)")
-    return ckpt
+            f"batch_size {cfg.batch_size} must be a multiple of world size x accum_steps "
+            f"({d.world_size} x {cfg.accum_steps})"
+        )
 
 
-def model_from_checkpoint(ckpt: dict[str, Any]) -> CLIP:
-    model = CLIP(CLIPConfig.from_dict(ckpt["model_config"]))
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise TrainError(f"checkpoint weights do not fit its config: {str(e).splitlines()[0]}") from None
-    return model.eval()
+def train_step(
+    model: nn.Module,
+    raw: CLIP,
+    micro: list[tuple[torch.Tensor, torch.Tensor]],
+    d: dd.Dist,
+    autocast: Any,
+) -> float:
+    """Forward and backward of one global batch given as this rank's micro-batches; returns the loss.
+
+    Every micro-batch's loss is the loss of the whole global batch: the other rows are the features
+    computed without gradient (first pass, or gathered from other ranks). The temperature's gradient is
+    taken once, in the last micro-step, which is also the one where DDP synchronises the gradients."""
+    k, m = len(micro), len(micro[0][0])
+    base = d.rank * k * m  # this rank's rows in the global batch
+    g_img = g_txt = None
+    if k > 1:
+        with torch.no_grad(), autocast:
+            feats = [raw(pix, ids)[:2] for pix, ids in micro]
+        g_img = dd.all_gather_detached(torch.cat([f[0] for f in feats]), d)
+        g_txt = dd.all_gather_detached(torch.cat([f[1] for f in feats]), d)
+    loss = torch.zeros(())
+    for j, (pix, ids) in enumerate(micro):
+        last = j == k - 1
+        sync = nullcontext() if last or not d.enabled else model.no_sync()  # type: ignore[operator]
+        with sync:
+            with autocast:
+                img, txt, scale = model(pix, ids)
+            if k == 1:
+                g_img, g_txt = dd.all_gather_detached(img, d), dd.all_gather_detached(txt, d)
+            assert g_img is not None and g_txt is not None
+            all_img = dd.replace_local(g_img, img, base + j * m, d.world_size)
+            all_txt = dd.replace_local(g_txt, txt, base + j * m, d.world_size)
+            loss = contrastive_loss(all_img, all_txt, scale if last else scale.detach())
+            loss.backward()
+    return float(loss.detach())
+
+
+def _batches(loader: DataLoader[Any], k: int, device: torch.device) -> Iterator[tuple[list[Any], int]]:
+    """Groups of k micro-batches (moved to the device) and the count of unreadable items skipped."""
+    it = iter(loader)
+    while True:
+        group, skipped = [], 0
+        for _ in range(k):
+            try:
+                pix, ids, sk = next(it)
+            except StopIteration:
+                return
+            group.append((pix.to(device, non_blocking=True), ids.to(device, non_blocking=True)))
+            skipped += int(sk)
+        yield group, skipped
+
+
+def _agree(values: list[float], d: dd.Dist) -> list[float]:
+    """Sum small per-rank figures (skipped images, stop flags) over ranks: every rank sees the same."""
+    if not d.enabled:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+def _prepare(model: CLIP, cfg: TrainConfig, device: torch.device, d: dd.Dist) -> nn.Module:
+    """Freeze (LiT), checkpoint, move, wrap in DDP and compile, in that order; returns what to call."""
+    if cfg.lock_image:
+        for p in model.visual.parameters():
+            p.requires_grad_(False)
+        model.visual.eval()  # batch-norm statistics of a locked ResNet tower stay as they are
+    model.set_grad_checkpointing(cfg.grad_checkpointing)
+    model.to(device)
+    wrapped: nn.Module = model
+    if d.enabled:
+        if device.type == "cuda":  # batch norm over the global batch; on CPU each rank keeps its own
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+            log.warning("batch-norm statistics are per rank on CPU (SyncBatchNorm needs CUDA)")
+        ids = [device.index] if device.type == "cuda" else None
+        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if cfg.compile:
+        wrapped = torch.compile(wrapped)  # type: ignore[assignment]
+    return wrapped
 
 
 def train(cfg: TrainConfig, resume: str | Path | None = None, stop_after: int | None = None) -> Path:
@@ -211,115 +383,127 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, stop_after: int | 
     ``stop_after`` ends the run (with a checkpoint) after that many steps without changing the
     schedule, as an interrupted run would; ``resume`` continues from a checkpoint.
     """
-    out = Path(cfg.out_dir)
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    out, ckdir = Path(cfg.out_dir), Path(cfg.out_dir) / "checkpoints"
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    tokenizer = ClipTokenizer.clip_bpe()
-    start, best = 0, None
-    if resume:
-        ckpt = load_checkpoint(resume)
-        model = model_from_checkpoint(ckpt)
-        start, best = int(ckpt["step"]), ckpt.get("best_heldout_top1")
-    else:
-        model = build_model(model_config(cfg))
-    model.train()
-    opt = make_optimizer(model, cfg)
-    if resume:
-        opt.load_state_dict(ckpt["optimizer"])
-    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    d = dd.init_from_env(torch.device("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu"))
+    try:
+        _check_batch(cfg, d)
+        device = _device(cfg, d)
+        tokenizer = ClipTokenizer.clip_bpe()
+        raw, ckpt = _build_model(cfg, resume)
+        start = int(ckpt["step"]) if ckpt else 0
+        best = ckpt.get("best_eval", ckpt.get("best_heldout_top1")) if ckpt else None
+        model = _prepare(raw.train(), cfg, device, d)
+        opt = make_optimizer(raw, cfg)
+        if ckpt and "optimizer" in ckpt:
+            opt.load_state_dict(ckpt["optimizer"])
+        loader = _loader(cfg, d, raw.config.vision.image_size, start, tokenizer)
+        if d.main:
+            ckdir.mkdir(parents=True, exist_ok=True)
+            (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+        _loop(cfg, d, model, raw, opt, loader, tokenizer, device, start, best, stop_after)
+        # Leave together. Seen once in ~10 runs under load: rank 1 aborted ("terminate called without
+        # an active exception") tearing its gloo group down while rank 0 still wrote its checkpoint.
+        if d.enabled:
+            torch.distributed.barrier()
+    finally:
+        dd.shutdown(d)
+    if d.main:
+        plot_curves(out / "metrics.jsonl", out / "curves.png")
+    return ckdir / LAST
 
-    data = SyntheticPairs(model.config.vision.image_size, cfg.seed)
-    indices = range(start * cfg.batch_size, cfg.steps * cfg.batch_size)  # resumes at the data position
-    loader = DataLoader(
-        data,
-        batch_size=cfg.batch_size,
-        sampler=indices,
-        collate_fn=_Collate(tokenizer),
-        drop_last=True,
-        num_workers=cfg.num_workers,
-        persistent_workers=False,
-        prefetch_factor=4 if cfg.num_workers else None,
+
+def _loop(
+    cfg: TrainConfig,
+    d: dd.Dist,
+    model: nn.Module,
+    raw: CLIP,
+    opt: torch.optim.Optimizer,
+    loader: DataLoader[Any],
+    tokenizer: ClipTokenizer,
+    device: torch.device,
+    start: int,
+    best: float | None,
+    stop_after: int | None,
+) -> None:
+    out = Path(cfg.out_dir)
+    bf16 = cfg.precision == "bf16"
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    metrics = MetricsLog(out, start, tensorboard=cfg.tensorboard) if d.main else None
+    bar = tqdm(
+        total=cfg.steps, initial=start, desc="train", unit="step", dynamic_ncols=True, disable=not d.main
     )
-    metrics_path = out / "metrics.jsonl"
-    if metrics_path.exists():  # keep only the history up to the step we start from
-        kept = [
-            ln
-            for ln in metrics_path.read_text().splitlines()
-            if ln.strip() and json.loads(ln)["step"] <= start
-        ]
-        metrics_path.write_text("".join(ln + "\n" for ln in kept))
-    t0, seen = time.perf_counter(), 0
-    bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
-    step = start
-    with metrics_path.open("a") as metrics:
-        for step, (pixels, ids) in enumerate(loader, start=start):
-            lr = lr_at(step, cfg)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-                image, text, scale = model(pixels, ids)
-                loss = contrastive_loss(image, text, scale)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            with torch.no_grad():  # keep exp(t) <= 100 in the parameter itself, as OpenAI does
-                model.logit_scale.clamp_(0, math.log(MAX_LOGIT_SCALE))
-            seen += len(pixels)
-            rate = seen / (time.perf_counter() - t0)
-            rec: dict[str, Any] = {
-                "step": step + 1,
-                "loss": loss.item(),
-                "lr": lr,
-                "logit_scale": model.logit_scale.exp().item(),
-                "images_per_s": rate,
-            }
-            done = step + 1
-            if done % cfg.eval_every == 0 or done == cfg.steps:
-                rec.update(quick_eval(model, tokenizer, cfg))
-                best = max(best or 0.0, rec["heldout_top1"])
-            metrics.write(json.dumps(rec) + "\n")
+    t0, key = time.perf_counter(), best_key(cfg)
+    seen = skipped_total = 0
+    params = [p for p in raw.parameters() if p.requires_grad]
+    for step, (micro, skipped) in enumerate(_batches(loader, cfg.accum_steps, device), start=start):
+        lr = lr_at(step, cfg)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        loss = train_step(model, raw, micro, d, autocast)
+        if cfg.grad_clip:
+            nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        with torch.no_grad():  # keep exp(t) <= 100 in the parameter itself, as OpenAI does
+            raw.logit_scale.clamp_(0, math.log(MAX_LOGIT_SCALE))
+        done = step + 1
+        timed_out = cfg.max_minutes is not None and time.perf_counter() - t0 > cfg.max_minutes * 60
+        skipped_all, stop_votes = _agree([float(skipped), float(timed_out)], d)
+        stop = stop_votes > 0 or (stop_after is not None and done >= stop_after)
+        seen += cfg.batch_size
+        skipped_total += int(skipped_all)
+        rec: dict[str, Any] = {
+            "step": done,
+            "loss": loss,
+            "lr": lr,
+            "logit_scale": raw.logit_scale.exp().item(),
+            "images_per_s": seen / (time.perf_counter() - t0),
+            "elapsed_s": time.perf_counter() - t0,
+            "skipped_images": skipped_total,
+        }
+        if d.main:
+            assert metrics is not None
+            best = _evaluate_and_save(cfg, raw, opt, tokenizer, rec, best, key, done, stop)
+            metrics.write(rec)
             bar.update(1)
-            bar.set_postfix(loss=f"{rec['loss']:.3f}", img_s=f"{rate:.0f}", T=f"{rec['logit_scale']:.1f}")
-            timed_out = cfg.max_minutes is not None and time.perf_counter() - t0 > cfg.max_minutes * 60
-            timed_out = timed_out or (stop_after is not None and done >= stop_after)
-            if done % cfg.checkpoint_every == 0 or done == cfg.steps or timed_out:
-                save_checkpoint(out / "checkpoints" / "last.pt", model, opt, done, cfg, best)
-            if timed_out:
-                log.warning("stopping at step %d of %d (time limit or stop_after)", done, cfg.steps)
-                break
+            bar.set_postfix(
+                loss=f"{loss:.3f}", img_s=f"{rec['images_per_s']:.0f}", T=f"{rec['logit_scale']:.1f}"
+            )
+        if stop:
+            log.warning("stopping at step %d of %d (time limit or stop_after)", done, cfg.steps)
+            break
     bar.close()
-    plot_curves(metrics_path, out / "curves.png")
-    return out / "checkpoints" / "last.pt"
+    if metrics is not None:
+        metrics.close()
+    if skipped_total:
+        log.warning("skipped %d unreadable images in all (named in the warnings above)", skipped_total)
 
 
-def plot_curves(metrics_path: Path, png: Path) -> None:
-    """Loss, learning rate, temperature and eval accuracy against step, as one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    recs = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    if not recs:
-        return
-    steps = [r["step"] for r in recs]
-    fig, ax = plt.subplots(2, 2, figsize=(10, 7))
-    ax[0, 0].plot(steps, [r["loss"] for r in recs], lw=0.8)
-    ax[0, 0].set(title="contrastive loss", xlabel="step", yscale="log")
-    ax[0, 1].plot(steps, [r["lr"] for r in recs])
-    ax[0, 1].set(title="learning rate", xlabel="step")
-    ax[1, 0].plot(steps, [r["logit_scale"] for r in recs])
-    ax[1, 0].set(title="logit scale exp(t)", xlabel="step")
-    ev = [r for r in recs if "heldout_top1" in r]
-    for key, lab in (("heldout_top1", "held-out pairs (zero-shot)"), ("seen_top1", "seen pairs")):
-        ax[1, 1].plot([r["step"] for r in ev], [100 * r[key] for r in ev], marker="o", label=lab)
-    ax[1, 1].set(title="top-1 among all colour-shape classes (%)", xlabel="step", ylim=(0, 100))
-    ax[1, 1].legend()
-    fig.tight_layout()
-    fig.savefig(png, dpi=90)
-    plt.close(fig)
-    log.info("wrote %s", png)
+def _evaluate_and_save(
+    cfg: TrainConfig,
+    raw: CLIP,
+    opt: torch.optim.Optimizer,
+    tokenizer: ClipTokenizer,
+    rec: dict[str, Any],
+    best: float | None,
+    key: str | None,
+    done: int,
+    stop: bool,
+) -> float | None:
+    """Rank 0's bookkeeping after a step: eval (best.pt when it improves), last.pt and step-N.pt copies."""
+    ckdir = Path(cfg.out_dir) / "checkpoints"
+    final = done == cfg.steps or stop
+    if key and (done % cfg.eval_every == 0 or final):
+        rec.update(run_eval(raw, tokenizer, cfg))
+        if best is None or rec[key] > best:
+            best = rec[key]
+            save_checkpoint(ckdir / BEST, checkpoint_state(raw, opt, done, cfg, best))
+    periodic = done % cfg.checkpoint_every == 0
+    if periodic or final:
+        save_checkpoint(ckdir / LAST, checkpoint_state(raw, opt, done, cfg, best))
+    if periodic and cfg.keep_checkpoints > 0:
+        keep_step_copy(ckdir, done, cfg.keep_checkpoints)
+    return best

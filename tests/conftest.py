@@ -49,3 +49,10 @@ def openai_reference(module: str) -> ModuleType:
 @pytest.fixture(scope="session")
 def photo_arrays() -> dict[str, np.ndarray]:
     return photos()
+
+
+def make_shape_folder(root: Path, per_class: int, classes: int = 36, seed: int = 31) -> Path:
+    """An image folder `root/<colour>_<shape>/` of rendered synthetic shapes (model/data/shapes_folder.py)."""
+    from model.data.shapes_folder import write_image_folder
+
+    return write_image_folder(root, per_class, classes, seed)

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from model.checkpoints import save_checkpoint
 from model.clip import build_model
-from model.train import TrainConfig, save_checkpoint
+from model.train import TrainConfig, checkpoint_state
 
 
 def zeroshot(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -38,7 +39,7 @@ def assert_one_line_error(r: subprocess.CompletedProcess[str], needle: str) -> N
 def test_help_lists_exactly_the_built_subcommands() -> None:
     r = zeroshot("--help")
     assert r.returncode == 0
-    assert "{train,export,eval,serve}" in r.stdout
+    assert "{train,export,import,eval,retrain,serve}" in r.stdout
 
 
 def test_unknown_preset(tmp_path: Path) -> None:
@@ -81,7 +82,7 @@ def test_export_then_eval_from_a_checkpoint(tmp_path: Path) -> None:
     model = build_model("tiny")
     cfg = TrainConfig()
     opt = torch.optim.AdamW(model.parameters())
-    save_checkpoint(tmp_path / "c.pt", model, opt, 0, cfg)
+    save_checkpoint(tmp_path / "c.pt", checkpoint_state(model, opt, 0, cfg))
     r = zeroshot(
         "export", "--checkpoint", str(tmp_path / "c.pt"), "--out", str(tmp_path / "m"), "--version", "v1"
     )

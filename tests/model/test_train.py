@@ -11,6 +11,7 @@ import torch
 
 from model.clip import build_model
 from model.train import TrainConfig, TrainError, load_checkpoint, lr_at, make_optimizer, train
+from tests.conftest import make_shape_folder
 
 
 def test_schedule_warms_up_then_decays() -> None:
@@ -49,7 +50,9 @@ def _cfg(out: Path, steps: int) -> TrainConfig:
 
 
 def test_short_run_learns_and_writes_its_artifacts(tmp_path: Path) -> None:
-    last = train(_cfg(tmp_path, 40))
+    cfg = _cfg(tmp_path, 40)
+    cfg.keep_checkpoints = 2
+    last = train(cfg)
     recs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(recs) == 40 and recs[-1]["step"] == 40
     first, final = sum(r["loss"] for r in recs[:5]) / 5, sum(r["loss"] for r in recs[-5:]) / 5
@@ -59,6 +62,14 @@ def test_short_run_learns_and_writes_its_artifacts(tmp_path: Path) -> None:
     ckpt = load_checkpoint(last)
     assert ckpt["step"] == 40 and ckpt["data_position"] == 40 * 32
     assert {"model_config", "train_config", "model", "optimizer"} <= set(ckpt)
+    # rotation: the 2 newest step copies, and best.pt at the best held-out eval
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["best.pt", "last.pt", "step-0000030.pt", "step-0000040.pt"]
+    best = load_checkpoint(tmp_path / "checkpoints" / "best.pt")
+    assert best["best_eval"] == max(r["heldout_top1"] for r in recs if "heldout_top1" in r)
+    assert best["step"] in {r["step"] for r in recs if r.get("heldout_top1") == best["best_eval"]}
+    events = list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 1000  # TensorBoard scalars beside the JSON lines
 
 
 def test_resume_continues_the_same_trajectory(tmp_path: Path) -> None:
@@ -86,3 +97,52 @@ def test_bad_checkpoints_are_reported(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "other.pt")
     with pytest.raises(TrainError, match="unknown train config keys: bogus"):
         TrainConfig.from_dict({"bogus": 1})
+
+
+def _shape_folder(root: Path) -> Path:
+    """An image folder of four synthetic classes (PNG and JPEG) plus two files that cannot be read."""
+    make_shape_folder(root, per_class=6, classes=4)
+    (root / "red_circle" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (root / "red_star" / "notes.png").write_text("not an image")
+    return root
+
+
+def test_fine_tunes_on_an_image_folder_with_the_image_tower_locked(tmp_path: Path) -> None:
+    """LiT from a checkpoint: the image tower does not move, the text tower does; unreadable images are
+    skipped and counted; the eval folder's top-1 is logged and picks best.pt."""
+    base = tmp_path / "base"
+    train(_cfg(base, 5))
+    folder = _shape_folder(tmp_path / "shapes")
+    cfg = _cfg(tmp_path / "lit", 6)
+    cfg.data, cfg.data_path, cfg.batch_size = "folder", str(folder), 8
+    cfg.init_from, cfg.lock_image, cfg.eval_folder, cfg.eval_every = str(base), True, str(folder), 3
+    train(cfg)
+    before = load_checkpoint(base / "checkpoints" / "last.pt")["model"]
+    after = load_checkpoint(tmp_path / "lit" / "checkpoints" / "last.pt")["model"]
+    visual = [k for k in before if k.startswith("visual.")]
+    text = [k for k in before if k.startswith("transformer.") and k.endswith("weight")]
+    assert visual and all(torch.equal(before[k], after[k]) for k in visual)  # BN running stats too
+    assert text and all(not torch.equal(before[k], after[k]) for k in text)
+    recs = [json.loads(x) for x in (tmp_path / "lit" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == [1, 2, 3, 4, 5, 6]
+    assert recs[-1]["skipped_images"] >= 2  # 6 steps x 8 = 48 reads of 26 files: both bad ones met
+    assert "eval_top1" in recs[2] and "eval_top1" in recs[5]
+    assert load_checkpoint(tmp_path / "lit" / "checkpoints" / "best.pt")["best_eval"] == max(
+        recs[2]["eval_top1"], recs[5]["eval_top1"]
+    )
+
+
+def test_bad_fine_tuning_sources_are_reported(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path / "x", 2)
+    cfg.init_from = str(tmp_path / "nowhere")
+    with pytest.raises(TrainError, match="neither a checkpoint"):
+        train(cfg)
+    bundle = tmp_path / "b"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text(json.dumps({"source": {"checkpoint": "/gone.pt"}}))
+    cfg.init_from = str(bundle)
+    with pytest.raises(TrainError, match="does not name an existing source checkpoint"):
+        train(cfg)
+    cfg.init_from, cfg.batch_size, cfg.accum_steps = None, 30, 4
+    with pytest.raises(TrainError, match="multiple of world size x accum_steps"):
+        train(cfg)

@@ -1,0 +1,98 @@
+"""Training checkpoints: atomic writes, rotation (the last N and the best by eval), loading, fine-tuning.
+
+A checkpoint holds the model config, the train config, model and optimizer state, the step and the
+data position, so a run resumes where it stopped. `zeroshot import` writes the same format (model
+config and weights, step 0), which is what fine-tuning starts from.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.clip import CLIP, CLIPConfig
+
+log = logging.getLogger(__name__)
+
+LAST, BEST = "last.pt", "best.pt"
+_STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
+
+
+class TrainError(Exception):
+    """A training run that cannot start or continue; the message says why."""
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write atomically: a crash mid-save never leaves a truncated file under the real name."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def keep_step_copy(folder: Path, step: int, keep: int) -> Path:
+    """Hard-link last.pt as step-NNNNNNN.pt (no extra space) and delete all but the `keep` newest."""
+    dst = folder / f"step-{step:07d}.pt"
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(folder / LAST, dst)
+    except OSError:  # a file system without hard links
+        save_checkpoint(dst, torch.load(folder / LAST, map_location="cpu", weights_only=True))
+    steps = sorted(int(m[1]) for f in folder.iterdir() if (m := _STEP_FILE.match(f.name)))
+    for old in steps[: max(0, len(steps) - keep)]:
+        (folder / f"step-{old:07d}.pt").unlink(missing_ok=True)
+    return dst
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint written by save_checkpoint; TrainError with the reason when it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise TrainError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds for a truncated or foreign file
+        raise TrainError(
+            f"checkpoint {path} cannot be read ({type(e).__name__}): is it a zeroshot checkpoint?"
+        ) from None
+    if not isinstance(ckpt, dict) or not {"model_config", "model"} <= set(ckpt):
+        raise TrainError(f"{path} is not a zeroshot checkpoint (no model_config/model entries)")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any]) -> CLIP:
+    model = CLIP(CLIPConfig.from_dict(ckpt["model_config"]))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise TrainError(f"checkpoint weights do not fit its config: {str(e).splitlines()[0]}") from None
+    return model.eval()
+
+
+def resolve_init(source: str | Path) -> Path:
+    """The checkpoint to fine-tune from: a checkpoint file, a run folder, or a bundle (or a model folder
+    with CURRENT) whose manifest names the checkpoint it was exported or imported from."""
+    p = Path(source)
+    if p.is_file():
+        return p
+    if (p / "checkpoints" / BEST).is_file():
+        return p / "checkpoints" / BEST
+    if (p / "checkpoints" / LAST).is_file():
+        return p / "checkpoints" / LAST
+    if (p / "CURRENT").is_file():
+        p = p / (p / "CURRENT").read_text().strip()
+    manifest = p / "manifest.json"
+    if manifest.is_file():
+        src = json.loads(manifest.read_text()).get("source", {}).get("checkpoint")
+        if src and Path(src).is_file():
+            return Path(src)
+        raise TrainError(
+            f"bundle {p} does not name an existing source checkpoint ({src!r}); pass the checkpoint "
+            "that `zeroshot import` or `zeroshot train` wrote instead"
+        )
+    raise TrainError(f"{source} is neither a checkpoint, a run folder nor a model bundle")

@@ -1,0 +1,165 @@
+"""`zeroshot retrain CONFIG`: train (or fine-tune) -> export -> eval -> compare -> publish, or refuse.
+
+The new bundle is written beside the served one without becoming CURRENT. Both are evaluated on the
+same data with the same templates, through ONNX on the server's own path; the new one becomes CURRENT
+only if its figure is not worse than the served one's by more than `margin` (or with --force).
+Running servers pick the new CURRENT up through their hot reload (ZEROSHOT_RELOAD_INTERVAL_S).
+
+The config is a JSON file:
+
+    {
+      "model_dir": "models/shapes",               # where versions and CURRENT live
+      "train": {"init_from": "models/shapes", "data": "folder", "data_path": "data/train",
+                "out_dir": "runs/shapes", ...},           # this run trains in runs/shapes/<version>
+      "eval": {"folder": "data/val", "templates": "default", "limit": null},   # or {"synthetic": true}
+      "metric": "top1",                            # a key of the eval summary (synthetic: heldout_top1)
+      "margin": 0.01,                              # allowed drop, as a fraction (0.01 = 1 point)
+      "int8": false
+    }
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from model.bundle import Bundle, BundleError, current_bundle, new_version, set_current
+from model.checkpoints import BEST, LAST, TrainError
+
+log = logging.getLogger(__name__)
+
+PUBLISHED, REFUSED = 0, 2  # exit codes of `zeroshot retrain`
+
+
+class RetrainError(ValueError):
+    """A retrain config that cannot run; the message says what is wrong."""
+
+
+@dataclass
+class RetrainConfig:
+    model_dir: str
+    train: dict[str, Any]
+    eval: dict[str, Any] = field(default_factory=lambda: {"synthetic": True})
+    metric: str | None = None  # None: top1 for a folder, heldout_top1 for synthetic data
+    margin: float = 0.0
+    int8: bool = False
+    tolerance: float = 1e-4
+
+    @classmethod
+    def load(cls, path: str | Path) -> RetrainConfig:
+        try:
+            raw = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise RetrainError(f"retrain config {path} does not exist") from None
+        except ValueError as e:
+            raise RetrainError(f"retrain config {path} is not valid JSON: {e}") from None
+        if not isinstance(raw, dict):
+            raise RetrainError(f"retrain config {path} must be a JSON object")
+        known = {f.name for f in fields(cls)}
+        if unknown := set(raw) - known:
+            raise RetrainError(f"unknown retrain config keys: {', '.join(sorted(unknown))}")
+        if missing := {"model_dir", "train"} - set(raw):
+            raise RetrainError(f"retrain config {path} lacks {', '.join(sorted(missing))}")
+        cfg = cls(**raw)
+        if not isinstance(cfg.train, dict) or not isinstance(cfg.eval, dict):
+            raise RetrainError("`train` and `eval` must be JSON objects")
+        if not (cfg.eval.get("folder") or cfg.eval.get("synthetic")):
+            raise RetrainError('`eval` needs "folder": PATH or "synthetic": true')
+        if not 0 <= cfg.margin < 1:
+            raise RetrainError(f"margin must be in [0, 1), got {cfg.margin}")
+        return cfg
+
+    @property
+    def metric_key(self) -> str:
+        return self.metric or ("top1" if self.eval.get("folder") else "heldout_top1")
+
+
+def evaluate(bundle: Bundle, cfg: RetrainConfig, write: bool) -> float:
+    """The config's metric for one bundle, on the config's eval data, through ONNX."""
+    from model.evaluate import evaluate_folder, evaluate_synthetic
+
+    ev = cfg.eval
+    if ev.get("folder"):
+        templates = [str(ev.get("templates", "default"))]
+        report = evaluate_folder(bundle, ev["folder"], templates, limit=ev.get("limit"), write=write)
+    else:
+        report = evaluate_synthetic(
+            bundle, int(ev.get("heldout_images", 600)), int(ev.get("seen_images", 600)), write=write
+        )
+    summary = report["summary"]
+    if cfg.metric_key not in summary:
+        raise RetrainError(f"metric {cfg.metric_key!r} is not in the eval summary: {sorted(summary)}")
+    return float(summary[cfg.metric_key])
+
+
+def _served(model_dir: Path) -> Bundle | None:
+    if not (model_dir / "CURRENT").is_file():
+        return None
+    try:
+        return current_bundle(model_dir)
+    except BundleError as e:  # a broken CURRENT is replaced by any bundle that passes its own checks
+        log.warning("the served bundle cannot be loaded (%s): it is not compared", e)
+        return None
+
+
+def retrain(cfg: RetrainConfig, force: bool = False, say: Any = print) -> int:
+    """Run the loop; returns PUBLISHED or REFUSED. `say` reports each stage (stdout by default)."""
+    from model.export import export_checkpoint
+    from model.train import TrainConfig, train
+
+    model_dir = Path(cfg.model_dir)
+    version = new_version()
+    # each run trains into its own folder, so the checkpoint a published bundle names is never
+    # overwritten by the next retrain (fine-tuning from that bundle later finds its weights)
+    tcfg = TrainConfig.from_dict(
+        cfg.train | {"out_dir": str(Path(cfg.train.get("out_dir", "runs/retrain")) / version)}
+    )
+    served = _served(model_dir)  # read before training: a bad CURRENT is reported early
+    say(
+        f"1/4 train: {tcfg.steps} steps on {tcfg.data} data"
+        + (f" from {tcfg.init_from}" if tcfg.init_from else "")
+    )
+    last = train(tcfg)
+    ckpt = last.parent / BEST if (last.parent / BEST).is_file() else last.parent / LAST
+    say(f"    checkpoint: {ckpt}")
+    say(f"2/4 export to {model_dir} (not published yet)")
+    new = export_checkpoint(
+        ckpt, model_dir, version=version, tolerance=cfg.tolerance, publish=False, int8=cfg.int8
+    )
+    parity = new.manifest["parity"]
+    say(
+        f"    bundle {new.version}: ONNX vs torch max abs diff {parity['image_max_abs_diff']:.1e} (image), "
+        f"{parity['text_max_abs_diff']:.1e} (text)"
+    )
+    key = cfg.metric_key
+    say(f"3/4 eval {key} on {cfg.eval.get('folder') or 'synthetic held-out classes'}")
+    new_score = evaluate(new, cfg, write=True)
+    old_score = evaluate(served, cfg, write=False) if served else None
+    say(f"    new {new.version}: {100 * new_score:.2f}%")
+    if served is not None and old_score is not None:
+        say(f"    served {served.version}: {100 * old_score:.2f}%")
+    floor = None if old_score is None else old_score - cfg.margin
+    if floor is None or new_score >= floor or force:
+        set_current(model_dir, new.version)
+        if floor is None:
+            why = "nothing was served before"
+        elif new_score < floor:
+            why = "forced, although it is worse"
+        else:
+            why = f"not worse than the served model by more than {100 * cfg.margin:.2f} points"
+        say(
+            f"4/4 published {new.version} as CURRENT ({why}); running servers pick it up on their next reload"
+        )
+        return PUBLISHED
+    say(
+        f"4/4 NOT published: {100 * new_score:.2f}% is below the served {100 * (old_score or 0):.2f}% "
+        f"minus the margin {100 * cfg.margin:.2f} points. {new.path} stays on disk, not CURRENT; "
+        "--force publishes it"
+    )
+    return REFUSED
+
+
+__all__ = ["PUBLISHED", "REFUSED", "RetrainConfig", "RetrainError", "TrainError", "retrain"]
