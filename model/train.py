@@ -439,6 +439,8 @@ def _loop(
     seen = skipped_total = 0
     params = [p for p in raw.parameters() if p.requires_grad]
     for step, (micro, skipped) in enumerate(_batches(loader, cfg.accum_steps, device), start=start):
+        if step >= cfg.steps:  # a webdataset source never ends by itself
+            break
         lr = lr_at(step, cfg)
         for g in opt.param_groups:
             g["lr"] = lr

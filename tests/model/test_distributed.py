@@ -159,3 +159,14 @@ def test_torchrun_two_processes_follow_the_single_process_trajectory(tmp_path: P
     diffs = [abs(a["loss"] - b["loss"]) for a, b in zip(one, two, strict=True)]
     assert max(diffs) < 1e-4, diffs
     assert one[-1]["loss"] < one[0]["loss"]
+
+
+def test_gradient_checkpointing_gives_the_same_gradient(single: dict[str, Any]) -> None:
+    torch.manual_seed(0)
+    model = build_model("tiny-vit").train()
+    model.set_grad_checkpointing(True)
+    pixels, ids = _batch()
+    loss = train_step(model, model, [(pixels, ids)], dd.Dist(), torch.autocast("cpu", enabled=False))
+    assert abs(loss - single["loss"]) < 1e-6
+    for name, p in model.named_parameters():
+        assert p.grad is not None and _rel(p.grad, single["grads"][name]) < 1e-5, name

@@ -146,3 +146,27 @@ def test_bad_fine_tuning_sources_are_reported(tmp_path: Path) -> None:
     cfg.init_from, cfg.batch_size, cfg.accum_steps = None, 30, 4
     with pytest.raises(TrainError, match="multiple of world size x accum_steps"):
         train(cfg)
+
+
+def test_trains_on_webdataset_shards_for_the_configured_steps(tmp_path: Path) -> None:
+    """The shard stream never ends by itself; the run stops at `steps` and resumes where it stopped."""
+    import io
+    import tarfile
+
+    files = sorted(p for p in make_shape_folder(tmp_path / "imgs", 2, 6).rglob("*.*"))
+    (tmp_path / "shards").mkdir()
+    for shard in range(2):
+        with tarfile.open(tmp_path / "shards" / f"{shard:05d}.tar", "w") as tar:
+            for i, f in enumerate(files[shard::2]):
+                caption = f.parent.name.replace("_", " ").encode()
+                for ext, data in ((f.suffix[1:], f.read_bytes()), ("txt", caption)):
+                    info = tarfile.TarInfo(f"{shard}{i:08d}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    cfg = _cfg(tmp_path / "run", 4)
+    cfg.data, cfg.data_path, cfg.batch_size = "webdataset", str(tmp_path / "shards" / "{00000..00001}.tar"), 4
+    train(cfg, stop_after=2)
+    train(cfg, resume=tmp_path / "run" / "checkpoints" / "last.pt")
+    recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == [1, 2, 3, 4]
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 4
