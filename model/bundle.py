@@ -8,6 +8,7 @@ model where a server can see it. Torch-free: the server imports this module.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -30,6 +31,7 @@ TEXT_ENCODER = "text_encoder.onnx"
 IMAGE_ENCODER_INT8 = "image_encoder.int8.onnx"  # optional: `zeroshot export --int8`
 TOKENIZER = "tokenizer.json"
 CURRENT = "CURRENT"
+TMP_PREFIX = ".tmp-"  # bundles being written: never a version (versions start with a letter or digit)
 REQUIRED_FILES = (IMAGE_ENCODER, TEXT_ENCODER, TOKENIZER)
 REQUIRED_KEYS = (
     "format_version",
@@ -205,6 +207,51 @@ def set_current(model_dir: str | Path, version: str) -> None:
     log.info("published %s as CURRENT of %s", version, model_dir)
 
 
+def _locked_tmpdir(model_dir: Path, version: str) -> tuple[Path, int]:
+    """A new temporary folder beside the target, with an exclusive flock held on it (the returned fd).
+
+    The kernel drops the lock when the writer exits however it exits (SIGKILL included), so a folder
+    whose lock can be taken was abandoned; remove_abandoned() relies on that."""
+    while True:
+        tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{version}-", dir=model_dir))
+        try:
+            fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            continue  # removed as abandoned in the instant before we could lock it: make another
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(tmp)):
+                return tmp, fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # same race, caught after the lock: make another
+
+
+def remove_abandoned(model_dir: str | Path) -> list[Path]:
+    """Remove temporary folders left by writers that died (killed exports), never a live writer's.
+
+    A killed export cannot clean up after itself, and each leftover holds a whole bundle's worth of
+    disk. Servers never see these folders (they read only CURRENT and the version it names)."""
+    removed = []
+    for p in sorted(Path(model_dir).glob(f"{TMP_PREFIX}*")):
+        try:
+            fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            continue  # gone already, or not a folder
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue  # a writer is still working in it
+        try:
+            shutil.rmtree(p, ignore_errors=True)
+        finally:
+            os.close(fd)
+        log.warning("removed %s, left behind by a bundle export that did not finish", p)
+        removed.append(p)
+    return removed
+
+
 def write_bundle(
     model_dir: str | Path,
     version: str,
@@ -216,7 +263,8 @@ def write_bundle(
     ``write_files(tmpdir)`` writes the ONNX files and tokenizer (and any extras) into a temporary
     folder beside the target and may return more manifest entries (parity figures, say); this
     function hashes the files, adds the manifest and renames the folder into place. Nothing is
-    visible at ``model_dir/version`` until it is complete, and an exception leaves nothing behind.
+    visible at ``model_dir/version`` until it is complete, and an exception leaves nothing behind;
+    what a killed writer leaves is removed by the next write_bundle in the same folder.
     """
     model_dir = Path(model_dir)
     check_name("model name", model_dir.name)
@@ -225,7 +273,8 @@ def write_bundle(
     target = model_dir / version
     if target.exists():
         raise BundleError(f"{target} already exists; choose another version")
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir))
+    remove_abandoned(model_dir)
+    tmp, lock = _locked_tmpdir(model_dir, version)
     try:
         _readable(tmp, folder=True)
         extra = write_files(tmp) or {}
@@ -254,6 +303,8 @@ def write_bundle(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        os.close(lock)
     log.info("wrote bundle %s", target)
     return load_bundle(target)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 from typing import Any
 
@@ -85,6 +86,17 @@ def install(app: FastAPI) -> None:
     async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
         return _json(e.status_code, code, str(e.detail), None, getattr(e, "headers", None))
+
+    @app.exception_handler(OSError)
+    async def _os(_: Request, e: OSError) -> JSONResponse:
+        # A full disk (or quota, or file-size limit) is an operator's problem, not a bug: say so (507)
+        # wherever it strikes, e.g. while Starlette spools a large upload to a temporary file. Other
+        # OS errors are unexpected (500).
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            log.error("no space left on a disk: %s", e)
+            return _json(507, "insufficient_storage", "the server has no disk space left for this request")
+        log.exception("unhandled error")
+        return _json(500, "internal_error", "internal server error")
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, e: Exception) -> JSONResponse:

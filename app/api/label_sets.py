@@ -16,7 +16,7 @@ from app.api.auth import Admin, ApiKey
 from app.api.classify import check_token_lengths
 from app.api.errors import ApiError
 from app.api.inputs import JSON, check_labels, content_type, read_json
-from app.api.schemas import ERRORS, LabelSetPut
+from app.api.schemas import ERRORS, ErrorResponse, LabelSetPut
 from app.runtime.label_sets import check_name
 from model.prompts import TEMPLATE_SETS, resolve_templates
 
@@ -45,7 +45,10 @@ async def get_set(request: Request, name: str) -> dict[str, Any]:
     description="Needs the admin token. Encoding 1,000 labels x 80 templates takes a while on a large "
     "model on CPU: the call returns when the embeddings are ready; other requests are served meanwhile.",
     dependencies=[Admin],
-    responses=ERRORS,
+    responses={
+        **ERRORS,
+        507: {"model": ErrorResponse, "description": "no disk space left to store the set; nothing changed"},
+    },
     openapi_extra={
         "requestBody": {"required": True, "content": {JSON: {"schema": LabelSetPut.model_json_schema()}}}
     },

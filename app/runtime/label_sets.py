@@ -9,6 +9,7 @@ Files are written to a temporary name and renamed, so a reader never sees half a
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import json
 import logging
@@ -27,6 +28,8 @@ from app.runtime.service import ModelRuntime
 log = logging.getLogger(__name__)
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+# A full disk, a quota or a file-size limit: the storage refuses the bytes (507), retrying won't help
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 class LabelSetError(Exception):
@@ -76,6 +79,32 @@ def check_name(name: str) -> str:
     return name
 
 
+def _parse(d: Any) -> LabelSet:
+    """A stored definition, its types checked: a hand-edited or damaged file must fail here (and be
+    reported), not later inside the tokenizer as a 500."""
+    labels, templates = d["labels"], d["templates"]
+    if not (isinstance(labels, list) and labels and all(isinstance(x, str) for x in labels)):
+        raise ValueError("'labels' is not a non-empty list of strings")
+    if not (
+        isinstance(templates, list) and templates and all(isinstance(t, str) and "{}" in t for t in templates)
+    ):
+        raise ValueError("'templates' is not a non-empty list of strings with '{}'")
+    if not isinstance(d["name"], str) or not isinstance(d["created_at"], str):
+        raise ValueError("'name' and 'created_at' must be strings")
+    return LabelSet(d["name"], tuple(labels), tuple(templates), d.get("template_set"), d["created_at"])
+
+
+def _matrix_problem(m: np.ndarray, shape: tuple[int, int]) -> str | None:
+    """What is wrong with a stored label matrix, or None. Its rows are L2-normalized by construction,
+    so a row of another norm (or NaN) means damaged bytes even when the shape is right."""
+    if m.shape != shape or m.dtype != np.float32:
+        return f"holds {m.dtype} {m.shape}, expected float32 {shape}"
+    norms = np.linalg.norm(m, axis=1)
+    if not np.all(np.abs(norms - 1.0) <= 1e-3):  # `not <=` also catches NaN
+        return "has rows that are not unit vectors (damaged data)"
+    return None
+
+
 def _atomic_write(path: Path, write: Any) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -111,7 +140,13 @@ class LabelSetStore:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             _atomic_write(self._file(name), lambda f: f.write(json.dumps(ls.to_json(), indent=1).encode()))
-        except OSError as e:
+        except OSError as e:  # nothing changed: the old definition (if any) stays, on disk and served
+            if e.errno in NO_SPACE:
+                raise LabelSetError(
+                    507,
+                    "insufficient_storage",
+                    f"no space left to store label set {name!r} in {self.root}: {e.strerror}",
+                ) from None
             raise LabelSetError(
                 503, "label_sets_unwritable", f"cannot write {self.root}: {e.strerror}"
             ) from None
@@ -129,17 +164,24 @@ class LabelSetStore:
             cached = self._parsed.get(name)
             if cached is not None and cached[0] == stamp:
                 return cached[1]
-            d = json.loads(path.read_text())
-            ls = LabelSet(
-                d["name"], tuple(d["labels"]), tuple(d["templates"]), d.get("template_set"), d["created_at"]
-            )
+            ls = _parse(json.loads(path.read_text()))
             self._parsed[name] = (stamp, ls)
             return ls
         except FileNotFoundError:
             raise LabelSetError(404, "label_set_not_found", f"no label set named {name!r}") from None
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except OSError as e:
             log.error("label set file %s is unreadable: %s", path, e)
-            raise LabelSetError(503, "label_set_unreadable", f"label set {name!r} cannot be read") from None
+            raise LabelSetError(
+                503, "label_set_unreadable", f"label set {name!r} cannot be read: {e.strerror}"
+            ) from None
+        # damaged on disk: not JSON, not UTF-8 (a ValueError), missing keys or of the wrong types
+        except (ValueError, KeyError, TypeError) as e:
+            log.error("label set file %s is damaged: %s: %s", path, type(e).__name__, e)
+            raise LabelSetError(
+                503,
+                "label_set_unreadable",
+                f"label set {name!r} cannot be read: its stored file is damaged; register it again (PUT)",
+            ) from None
 
     def list(self) -> list[LabelSet]:
         if not self.root.is_dir():
@@ -170,14 +212,15 @@ class LabelSetStore:
             return m, "memory"
         path = self.root / f"{ls.name}.{runtime.sha[:16]}.{ls.digest[:16]}.npy"
         if path.exists():
-            try:
+            try:  # np.load raises EOFError for an empty file, ValueError for a truncated or foreign one
                 m = np.load(path, allow_pickle=False)
-                if m.shape == (len(ls.labels), runtime.encoders.embed_dim) and m.dtype == np.float32:
+                problem = _matrix_problem(m, (len(ls.labels), runtime.encoders.embed_dim))
+                if problem is None:
                     cache.put_set(runtime.sha, ls.labels, ls.templates, m)
                     return m, "disk"
-                log.warning("%s has shape %s: encoding the set again", path, m.shape)
-            except (OSError, ValueError) as e:
-                log.warning("%s is unreadable (%s): encoding the set again", path, e)
+                log.warning("%s %s: encoding the set again", path, problem)
+            except (OSError, ValueError, EOFError) as e:
+                log.warning("%s is unreadable (%s: %s): encoding the set again", path, type(e).__name__, e)
         log.info(
             "label set %s: encoding %d labels x %d templates", ls.name, len(ls.labels), len(ls.templates)
         )
