@@ -277,12 +277,15 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(tmp_path: 
         assert b["largest_batch"] > 1 and b["batches"] - batches_before < 8
 
 
-def gate_encoder(c: TestClient) -> threading.Event:
-    """Hold the served model's image encoder until the returned event is set."""
+def gate_encoder(c: TestClient, entered: threading.Event | None = None) -> threading.Event:
+    """Hold the served model's image encoder until the returned event is set; `entered` is set once
+    a batch is being held (its composition is then final)."""
     rt = c.app.state.holder.runtime  # type: ignore[attr-defined]
     gate, real = threading.Event(), rt.encode_images
 
     def gated(pixels: np.ndarray) -> np.ndarray:
+        if entered is not None:
+            entered.set()
         gate.wait(30)
         return real(pixels)
 
@@ -318,11 +321,13 @@ def test_a_request_past_its_deadline_is_dropped_with_503(tmp_path: Path) -> None
     img = png(SEEN[0].image)
     with TestClient(create_app(s)) as c:
         batcher = c.app.state.batcher  # type: ignore[attr-defined]
-        gate = gate_encoder(c)
+        entered = threading.Event()
+        gate = gate_encoder(c, entered)
         with ThreadPoolExecutor(2) as pool:
             first = pool.submit(multipart, c, [img], ["a", "b"])  # occupies the encoder
-            while batcher.pending < 1:
-                time.sleep(0.01)
+            # Once its batch is in the encoder, `late` cannot join it (a request that arrives within
+            # max_wait_ms of `first` would otherwise be batched with it and answered in time).
+            assert entered.wait(10)
             late = pool.submit(multipart, c, [img], ["a", "b"])  # queued behind it, then too late
             while batcher.pending < 2:
                 time.sleep(0.01)
