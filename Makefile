@@ -34,7 +34,7 @@ $(OPENCLIP_VENV)/.installed:
 # The default model: tiny preset, synthetic data, about 5 minutes on 2 CPU cores.
 $(MODELS)/default/CURRENT: | $(VENV)/.installed
 	$(BIN)/zeroshot train --preset tiny --data synthetic --out runs/default
-	$(BIN)/zeroshot export --checkpoint runs/default/checkpoints/last.pt --out $(MODELS)/default
+	$(BIN)/zeroshot export --checkpoint runs/default/checkpoints/last.pt --out $(MODELS)/default --int8
 	$(BIN)/zeroshot eval $(MODELS)/default
 
 default-model: $(MODELS)/default/CURRENT

@@ -95,6 +95,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         tolerance=args.tolerance,
         publish=not args.no_publish,
         int8=args.int8,
+        calibration_folder=args.int8_calibration,
     )
     p = bundle.manifest["parity"]
     print(
@@ -153,12 +154,20 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.folder:
         from model.evaluate import evaluate_folder
 
-        report = evaluate_folder(_bundle_path(args.bundle), args.folder, templates, limit=args.limit)
+        report = evaluate_folder(
+            _bundle_path(args.bundle),
+            args.folder,
+            templates,
+            limit=args.limit,
+            image_precision=args.image_precision,
+        )
     else:
         from model.evaluate import evaluate_synthetic
 
         bundle = _bundle_path(args.bundle)
-        report = evaluate_synthetic(bundle, args.heldout_images, args.seen_images, templates)
+        report = evaluate_synthetic(
+            bundle, args.heldout_images, args.seen_images, templates, image_precision=args.image_precision
+        )
     print(format_report(report))
 
 
@@ -232,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also write image_encoder.int8.onnx (served with ZEROSHOT_IMAGE_PRECISION=int8)",
     )
+    e.add_argument(
+        "--int8-calibration",
+        metavar="FOLDER",
+        help="with --int8: images like those you serve (up to 256 are used) to calibrate a ResNet's "
+        "int8 ranges (default: the rendered sample images, right only for the synthetic default model)",
+    )
     e.set_defaults(func=cmd_export)
 
     im = sub.add_parser(
@@ -274,6 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--seen-images", type=int, default=1500)
     v.add_argument("--folder", help="evaluate this image folder (one sub-folder per class) instead")
     v.add_argument("--limit", type=int, help="with --folder: at most N images, round-robin over classes")
+    v.add_argument(
+        "--image-precision",
+        choices=["fp32", "int8"],
+        default="fp32",
+        help="int8: evaluate the bundle's image_encoder.int8.onnx (export --int8), as "
+        "ZEROSHOT_IMAGE_PRECISION=int8 serves it; its figures are kept beside the fp32 ones in eval.json",
+    )
     v.set_defaults(func=cmd_eval)
 
     r = sub.add_parser(

@@ -14,7 +14,7 @@ from collections import defaultdict, deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from tqdm import tqdm
@@ -28,6 +28,8 @@ from model.preprocess import PreprocessConfig, preprocess_bytes
 from model.prompts import load_templates
 
 log = logging.getLogger(__name__)
+
+Precision = Literal["fp32", "int8"]
 
 DEFAULT_TEMPLATE_SETS = ("none", "default", "synthetic")
 FOLDER_TEMPLATE_SETS = ("default", "imagenet7", "imagenet80")
@@ -75,11 +77,12 @@ def evaluate_synthetic(
     seen_images: int = 1500,
     template_sets: Sequence[str] = DEFAULT_TEMPLATE_SETS,
     write: bool = True,
+    image_precision: Precision = "fp32",
 ) -> dict[str, Any]:
     """Top-1/top-5 among all colour-shape classes for held-out and seen pairs, per template set."""
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle)
-    encoders = OnnxEncoders(bundle, device="auto")
+    encoders = OnnxEncoders(bundle, device="auto", image_precision=image_precision)
     classes = [class_name(*c) for c in all_classes()]
     splits = {
         "heldout": _encode_split(encoders, "heldout", heldout_images),
@@ -96,12 +99,14 @@ def evaluate_synthetic(
     weakest = min(held, key=held.__getitem__)
     report = {
         "dataset": "synthetic",
+        "image_precision": image_precision,
         "classes": len(classes),
         "held_out_classes": sorted(class_name(*c) for c in HELD_OUT),
         "seed": EVAL_SEED,
         "results": results,
         "summary": {
             "dataset": "synthetic",
+            "image_precision": image_precision,
             "template_set": primary,
             "heldout_top1": results[primary]["heldout"]["top1"],
             "seen_top1": results[primary]["seen"]["top1"],
@@ -116,7 +121,9 @@ def evaluate_synthetic(
 
 def _report_key(report: dict[str, Any]) -> str:
     dataset = str(report.get("dataset", "synthetic"))
-    return f"folder:{report.get('folder')}" if dataset == "folder" else dataset
+    key = f"folder:{report.get('folder')}" if dataset == "folder" else dataset
+    precision = report.get("image_precision", "fp32")
+    return key if precision == "fp32" else f"{key}:{precision}"  # int8 figures beside fp32 ones
 
 
 def save_report(bundle: Bundle, report: dict[str, Any]) -> None:
@@ -194,6 +201,7 @@ def evaluate_folder(
     template_sets: Sequence[str] = FOLDER_TEMPLATE_SETS,
     limit: int | None = None,
     write: bool = True,
+    image_precision: Precision = "fp32",
 ) -> dict[str, Any]:
     """Zero-shot top-1/top-5/mean per-class recall on `folder/<class>/<images>`, per template set.
 
@@ -208,7 +216,7 @@ def evaluate_folder(
     index = scan_image_folder(folder)
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle)
-    encoders = OnnxEncoders(bundle, device="auto")
+    encoders = OnnxEncoders(bundle, device="auto", image_precision=image_precision)
     classes = list(index.classes)
     feats, labels, skipped = _encode_folder(encoders, _take(index.samples, limit))
     truth = [classes[y] for y in labels]
@@ -223,6 +231,7 @@ def evaluate_folder(
     counts = {"classes": len(classes), "images": len(truth), "skipped": len(skipped)}
     summary = {
         "dataset": "folder",
+        "image_precision": image_precision,
         "folder": root,
         "template_set": template_sets[0],
         **counts,
@@ -232,6 +241,7 @@ def evaluate_folder(
     }
     report = {
         "dataset": "folder",
+        "image_precision": image_precision,
         "folder": root,
         **counts,
         "class_names": classes,
@@ -246,8 +256,12 @@ def evaluate_folder(
 
 
 def format_report(report: dict[str, Any]) -> str:
-    if report.get("dataset") == "folder":
-        return _format_folder_report(report)
+    text = _format_folder_report(report) if report.get("dataset") == "folder" else _format_synthetic(report)
+    precision = report.get("image_precision", "fp32")
+    return text if precision == "fp32" else f"image encoder: {precision}\n{text}"
+
+
+def _format_synthetic(report: dict[str, Any]) -> str:
     lines = [f"{'templates':<12}{'held-out top1':>15}{'top5':>8}{'seen top1':>12}{'top5':>8}"]
     for tset, r in report["results"].items():
         h, s = r["heldout"], r["seen"]

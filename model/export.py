@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -163,16 +164,60 @@ def check_parity(
     return parity
 
 
-INT8_OP_TYPES = ["MatMul", "Gemm"]  # ConvInteger is slower than fp32 Conv in onnxruntime's CPU kernels
+INT8_OP_TYPES = ["MatMul", "Gemm"]  # what dynamic quantization touches (a ViT's time is in them)
+INT8_CALIBRATION_BATCH = 32
 
 
-def quantize_image_encoder(out_dir: Path, images: np.ndarray) -> dict[str, Any]:
-    """Write image_encoder.int8.onnx (dynamic int8 quantization of the MatMuls) beside the fp32
-    encoder and measure how closely it agrees with it on real images."""
+def _quantize_static(src: Path, dst: Path, calibration: np.ndarray) -> None:
+    """Static QDQ int8: activations uint8 with ranges calibrated (min/max) on real images, weights
+    int8 per output channel. onnxruntime fuses each QuantizeLinear/Conv/DequantizeLinear into one
+    QLinearConv, its fast int8 convolution; dynamic quantization would give ConvInteger, which
+    requantizes every activation at run time and is slower than fp32 Conv on CPU."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.start = 0
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            if self.start >= len(calibration):
+                return None
+            x = calibration[self.start : self.start + INT8_CALIBRATION_BATCH]
+            self.start += INT8_CALIBRATION_BATCH
+            return {"pixel_values": x}
+
+    with tempfile.TemporaryDirectory(prefix="zeroshot-int8-") as tmp:  # never inside the bundle
+        pre = Path(tmp) / "preprocessed.onnx"
+        quant_pre_process(str(src), str(pre))  # shape inference + folding, as the quantizer expects
+        quantize_static(
+            str(pre),
+            str(dst),
+            Batches(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+        )
+
+
+def quantize_image_encoder(
+    out_dir: Path, images: np.ndarray, tower: str, calibration: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Write image_encoder.int8.onnx beside the fp32 encoder and measure how closely it agrees with
+    it on `images`. A ResNet tower (its time is in convolutions) is quantized statically, calibrated
+    on `calibration` (default: `images`); a ViT dynamically (MatMuls only, nothing to calibrate)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     src, dst = out_dir / IMAGE_ENCODER, out_dir / IMAGE_ENCODER_INT8
-    quantize_dynamic(src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=INT8_OP_TYPES)
+    record: dict[str, Any] = {"file": IMAGE_ENCODER_INT8}
+    if tower == "resnet":
+        cal = np.ascontiguousarray(images if calibration is None else calibration, dtype=np.float32)
+        _quantize_static(src, dst, cal)
+        record.update(method="static", quantized_ops=["Conv", "MatMul", "Gemm"], calibration_images=len(cal))
+    else:
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=INT8_OP_TYPES)
+        record.update(method="dynamic", quantized_ops=INT8_OP_TYPES)
     feats = []
     for path in (src, dst):
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -180,8 +225,7 @@ def quantize_image_encoder(out_dir: Path, images: np.ndarray) -> dict[str, Any]:
         feats.append(out / np.linalg.norm(out, axis=1, keepdims=True))
     cos = (feats[0] * feats[1]).sum(axis=1)
     return {
-        "file": IMAGE_ENCODER_INT8,
-        "quantized_ops": INT8_OP_TYPES,
+        **record,
         "cosine_to_fp32_min": float(cos.min()),
         "cosine_to_fp32_mean": float(cos.mean()),
         "images_checked": len(images),
@@ -200,11 +244,13 @@ def export_bundle(
     publish: bool = True,
     extra_manifest: dict[str, Any] | None = None,
     int8: bool = False,
+    calibration: np.ndarray | None = None,
 ) -> Bundle:
     """Export, check parity, write the bundle atomically and (by default) make it CURRENT.
 
     ``sample_images`` are preprocessed real images [N, 3, S, S]; ``sample_texts`` real prompts.
-    ``int8`` adds image_encoder.int8.onnx, with its agreement with fp32 on the sample images.
+    ``int8`` adds image_encoder.int8.onnx, with its agreement with fp32 on the sample images;
+    ``calibration`` (preprocessed images like those served) sets a ResNet's int8 activation ranges.
     """
     cfg = model.config
     preprocess = preprocess or PreprocessConfig(image_size=cfg.vision.image_size)
@@ -232,7 +278,7 @@ def export_bundle(
         extra: dict[str, Any] = {"parity": parity.as_dict()}
         if int8:
             log.info("quantizing the image encoder to int8")
-            extra["int8"] = quantize_image_encoder(tmp, images)
+            extra["int8"] = quantize_image_encoder(tmp, images, cfg.vision.kind, calibration)
         return extra
 
     manifest = {
@@ -289,14 +335,25 @@ def export_checkpoint(
     publish: bool = True,
     int8: bool = False,
     n_images: int = 64,
+    calibration_folder: str | Path | None = None,
 ) -> Bundle:
     """A training checkpoint -> a bundle in model_dir; the manifest names the checkpoint, so a later
-    fine-tuning run can start from the bundle (model/checkpoints.py resolve_init)."""
+    fine-tuning run can start from the bundle (model/checkpoints.py resolve_init).
+
+    With ``int8``, a ResNet's activation ranges are calibrated on up to 256 images from
+    ``calibration_folder`` (images like those it will serve), else on the rendered sample images,
+    which suit only a model trained on the synthetic shapes."""
     from model.checkpoints import load_checkpoint, model_from_checkpoint
 
     model = model_from_checkpoint(load_checkpoint(checkpoint))
     size = model.config.vision.image_size
     images, texts = sample_inputs(size, n_images)
+    calibration = None
+    if int8 and calibration_folder is not None:
+        from model.data.files import sample_image_files
+
+        calibration = sample_image_files(calibration_folder, PreprocessConfig(image_size=size))
+        log.info("int8 calibration: %d images from %s", len(calibration), calibration_folder)
     return export_bundle(
         model,
         ClipTokenizer.clip_bpe(),
@@ -309,4 +366,5 @@ def export_checkpoint(
         publish=publish,
         extra_manifest={"source": {"checkpoint": str(checkpoint)}},  # as given, like `import`
         int8=int8,
+        calibration=calibration,
     )

@@ -14,7 +14,8 @@ The config is a JSON file:
       "eval": {"folder": "data/val", "templates": "default", "limit": null},   # or {"synthetic": true}
       "metric": "top1",                            # a key of the eval summary (synthetic: heldout_top1)
       "margin": 0.01,                              # allowed drop, as a fraction (0.01 = 1 point)
-      "int8": false
+      "int8": false,                               # also write image_encoder.int8.onnx
+      "int8_calibration": "data/train"             # images to calibrate a ResNet's int8 ranges
     }
 """
 
@@ -46,6 +47,7 @@ class RetrainConfig:
     metric: str | None = None  # None: top1 for a folder, heldout_top1 for synthetic data
     margin: float = 0.0
     int8: bool = False
+    int8_calibration: str | None = None  # a folder of images like those served (export --int8-calibration)
     tolerance: float = 1e-4
 
     @classmethod
@@ -127,7 +129,13 @@ def retrain(cfg: RetrainConfig, force: bool = False, say: Any = print) -> int:
     say(f"    checkpoint: {ckpt}")
     say(f"2/4 export to {model_dir} (not published yet)")
     new = export_checkpoint(
-        ckpt, model_dir, version=version, tolerance=cfg.tolerance, publish=False, int8=cfg.int8
+        ckpt,
+        model_dir,
+        version=version,
+        tolerance=cfg.tolerance,
+        publish=False,
+        int8=cfg.int8,
+        calibration_folder=cfg.int8_calibration,
     )
     parity = new.manifest["parity"]
     say(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ __all__ = [
     "item_error_reason",
     "load_image_file",
     "read_csv_pairs",
+    "sample_image_files",
     "scan_image_folder",
     "warn_unreadable",
 ]
@@ -176,3 +178,27 @@ def read_csv_pairs(
     if not rows:
         raise DataError(f"{path} has a header but no rows")
     return rows
+
+
+def sample_image_files(
+    root: str | Path, cfg: PreprocessConfig, limit: int = 256, seed: int = 0
+) -> np.ndarray:
+    """Up to `limit` images from anywhere under `root` (a seeded random choice, so the same folder
+    gives the same images), preprocessed as the server does: float32 [N, 3, S, S]. Unreadable files
+    are skipped with a warning; a folder with no readable image raises DataError."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist or is not a folder")
+    files = sorted(p for p in root.rglob("*") if _is_image(p) and p.is_file())
+    random.Random(seed).shuffle(files)
+    out: list[np.ndarray] = []
+    for path in files:
+        if len(out) == limit:
+            break
+        try:
+            out.append(load_image_file(path, cfg))
+        except ITEM_ERRORS as e:
+            warn_unreadable(str(path), e)
+    if not out:
+        raise DataError(f"{root} holds no readable image (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return np.stack(out)

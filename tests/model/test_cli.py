@@ -96,6 +96,44 @@ def test_export_then_eval_from_a_checkpoint(tmp_path: Path) -> None:
     assert (tmp_path / "m" / "v1" / "eval.json").is_file()
 
 
+def test_export_int8_calibrated_on_a_folder(tmp_path: Path) -> None:
+    """--int8-calibration takes images from anywhere under a folder; an unreadable one is skipped
+    with a warning, a folder without images is a one-line error; eval --image-precision int8."""
+    from PIL import Image
+
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    opt = torch.optim.AdamW(model.parameters())
+    save_checkpoint(tmp_path / "c.pt", checkpoint_state(model, opt, 0, TrainConfig()))
+    cal = tmp_path / "cal" / "nested"
+    cal.mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (80, 60), (40 * i, 200, 90)).save(cal / f"{i}.png")
+    (cal / "broken.jpg").write_bytes(b"not a jpeg")
+    export = ["export", "--checkpoint", str(tmp_path / "c.pt"), "--out", str(tmp_path / "m"), "--int8"]
+    r = zeroshot(*export, "--version", "v1", "--int8-calibration", str(tmp_path / "cal"))
+    assert r.returncode == 0, r.stderr
+    assert "broken.jpg" in r.stderr  # the warning names the skipped file
+    manifest = json.loads((tmp_path / "m" / "v1" / "manifest.json").read_text())
+    assert manifest["int8"]["method"] == "static" and manifest["int8"]["calibration_images"] == 3
+    (tmp_path / "empty").mkdir()
+    r = zeroshot(*export, "--version", "v2", "--int8-calibration", str(tmp_path / "empty"))
+    assert_one_line_error(r, "holds no readable image")
+    assert not (tmp_path / "m" / "v2").exists()
+    # eval of either encoder; the int8 figures are kept beside the fp32 ones
+    small = ["--heldout-images", "36", "--seen-images", "36", "--templates", "default"]
+    assert zeroshot("eval", str(tmp_path / "m"), *small).returncode == 0
+    r = zeroshot("eval", str(tmp_path / "m"), *small, "--image-precision", "int8")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("image encoder: int8\n")
+    report = json.loads((tmp_path / "m" / "v1" / "eval.json").read_text())
+    assert report["summary"]["image_precision"] == "int8" and list(report["other_reports"]) == ["synthetic"]
+    export = [a for a in export if a != "--int8"]
+    assert zeroshot(*export, "--version", "v3").returncode == 0
+    r = zeroshot("eval", str(tmp_path / "m"), *small, "--image-precision", "int8")
+    assert_one_line_error(r, "--int8")
+
+
 @pytest.mark.slow
 def test_resume_keeps_the_runs_own_settings(tmp_path: Path) -> None:
     run = tmp_path / "run"

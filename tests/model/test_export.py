@@ -1,20 +1,29 @@
-"""Export of a small random model: parity figures, refusal to publish, dynamic text length in ONNX."""
+"""Export of a small random model: parity figures, refusal to publish, dynamic text length in ONNX,
+int8 encoders (and the default model's int8 agreement)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 import torch
 
-from app.runtime.encoders import OnnxEncoders
-from model.bundle import CURRENT, current_bundle, load_bundle, read_current
+from app.runtime.classifier import label_matrix
+from app.runtime.encoders import OnnxEncoders, l2_normalize
+from model.bundle import CURRENT, IMAGE_ENCODER, IMAGE_ENCODER_INT8, current_bundle, load_bundle, read_current
 from model.clip import build_model
-from model.data.synthetic import SyntheticShapes
-from model.export import ExportError, export_bundle
+from model.data.synthetic import SyntheticShapes, all_classes, class_name
+from model.evaluate import EVAL_SEED
+from model.export import ExportError, export_bundle, quantize_image_encoder, sample_inputs
 from model.preprocess import PreprocessConfig, preprocess_image
+from model.prompts import get_templates
 from model.tokenizer import ClipTokenizer
+from tests.conftest import DEFAULT_MODEL_DIR
+from tests.servers import require_default_model
 
 TEXTS = [
     "a red circle",
@@ -101,6 +110,10 @@ def test_mismatched_preprocessing_is_refused(
         )
 
 
+def int8_graph_ops(path: Path) -> set[str]:
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
 def test_int8_image_encoder_is_exported_measured_and_served_only_when_present(
     tiny: torch.nn.Module, images: np.ndarray, tmp_path: Path
 ) -> None:
@@ -113,11 +126,65 @@ def test_int8_image_encoder_is_exported_measured_and_served_only_when_present(
     assert (
         q["images_checked"] == len(images) and 0.9 < q["cosine_to_fp32_min"] <= q["cosine_to_fp32_mean"] <= 1
     )
+    # A ResNet is quantized statically (QDQ around every Conv), calibrated on the sample images.
+    assert q["method"] == "static" and q["calibration_images"] == len(images)
+    ops = int8_graph_ops(b.file("image_encoder.int8.onnx"))
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
     fp32 = OnnxEncoders(b, device="cpu").encode_images(images)
     int8 = OnnxEncoders(b, device="cpu", image_precision="int8")
     assert int8.image_precision == "int8"
     cos = (fp32 * int8.encode_images(images)).sum(axis=1)
     assert cos.min() == pytest.approx(q["cosine_to_fp32_min"], abs=1e-4)
+    assert np.abs(cos - 1).max() > 1e-7  # really another encoder, not the fp32 file again
     plain = export_bundle(tiny, tok, tmp_path / "p", images, TEXTS, version="v1")
     with pytest.raises(BundleError, match="--int8"):
         OnnxEncoders(plain, device="cpu", image_precision="int8")
+
+
+def test_int8_of_a_vit_is_dynamic_and_calibration_images_are_used(images: np.ndarray, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    vit = build_model("tiny-vit").eval()
+    tok = ClipTokenizer.clip_bpe()
+    b = export_bundle(vit, tok, tmp_path / "v", images, TEXTS, version="v1", int8=True)
+    assert b.manifest["int8"]["method"] == "dynamic" and "calibration_images" not in b.manifest["int8"]
+    assert "QuantizeLinear" not in int8_graph_ops(b.file("image_encoder.int8.onnx"))
+    # A ResNet calibrated on other images than the parity sample says so in the manifest.
+    torch.manual_seed(0)
+    resnet = build_model("tiny").eval()
+    cal = np.concatenate([images, images[::-1] * 0.5])
+    r = export_bundle(resnet, tok, tmp_path / "r", images, TEXTS, version="v1", int8=True, calibration=cal)
+    assert r.manifest["int8"]["calibration_images"] == len(cal)
+
+
+def test_int8_default_model_agrees_with_fp32_on_its_eval(tmp_path: Path) -> None:
+    """What `zeroshot export --int8` writes for the default model (calibrated on the export's own
+    sample images) gives the fp32 top-1 on at least 99% of the 2,100 eval images (bench/encoders.py
+    measures its speed)."""
+    require_default_model()
+    bundle = current_bundle(DEFAULT_MODEL_DIR)
+    enc = OnnxEncoders(bundle, device="cpu")
+    size = enc.preprocess.image_size
+    shutil.copy(bundle.file(IMAGE_ENCODER), tmp_path / IMAGE_ENCODER)
+    calibration, _ = sample_inputs(size, 64)
+    record = quantize_image_encoder(tmp_path, calibration[:8], "resnet", calibration)
+    assert record["method"] == "static"
+    q = ort.InferenceSession(str(tmp_path / IMAGE_ENCODER_INT8), providers=["CPUExecutionProvider"])
+    pre = PreprocessConfig(image_size=size)
+    pixels = np.stack(
+        [
+            preprocess_image(s.image, pre)
+            for split, n in (("heldout", 600), ("seen", 1500))
+            for s in SyntheticShapes(image_size=size, seed=EVAL_SEED, split=split, length=n)
+        ]
+    )
+    matrix = label_matrix(enc, [class_name(*c) for c in all_classes()], get_templates("synthetic"))
+    a = np.concatenate([enc.encode_images(pixels[i : i + 256]) for i in range(0, len(pixels), 256)])
+    b = np.concatenate(
+        [
+            l2_normalize(q.run(None, {"pixel_values": pixels[i : i + 256]})[0])
+            for i in range(0, len(pixels), 256)
+        ]
+    )
+    agreement = ((a @ matrix.T).argmax(1) == (b @ matrix.T).argmax(1)).mean()
+    assert agreement >= 0.99, agreement
+    assert (a * b).sum(axis=1).mean() > 0.999

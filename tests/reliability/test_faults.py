@@ -484,7 +484,12 @@ def test_cleanup_removes_only_abandoned_temporary_folders(tmp_path: Path) -> Non
 def test_export_to_a_full_disk_fails_cleanly(tmp_path: Path, checkpoint: Path) -> None:
     """Room for the image encoder (21 MB) but not the text encoder (26 MB) beside the current bundle:
     one error line, exit 1, CURRENT untouched, the partial bundle gone and its space given back."""
-    with small_disk(tmp_path / "disk", 80 * 2**20) as disk:
+    require_default_model()
+    served = current_bundle(DEFAULT_MODEL_DIR, verify_hashes=False)
+    files = served.manifest["files"]  # the random checkpoint exports files of the same sizes
+    room = sum(f["bytes"] for f in files.values()) + files[IMAGE_ENCODER]["bytes"]
+    room += files[TEXT_ENCODER]["bytes"] // 2
+    with small_disk(tmp_path / "disk", room) as disk:
         m = disk.path / "m"
         m.mkdir()
         copy_default(m, "v1")
@@ -496,7 +501,7 @@ def test_export_to_a_full_disk_fails_cleanly(tmp_path: Path, checkpoint: Path) -
             capture_output=True,
             text=True,
             timeout=300,
-            preexec_fn=disk.preexec(22 * 2**20),
+            preexec_fn=disk.preexec(files[IMAGE_ENCODER]["bytes"] + 2**20),
         )
         assert r.returncode == 1, r.stderr[-2000:]
         assert "Traceback" not in r.stderr, r.stderr[-2000:]
