@@ -8,7 +8,9 @@ Builds a randomly initialised ViT-B/32 with `transformers` (QuickGELU, the paper
 as a Hugging Face folder for the baseline (bench/baseline_hf.py) and converts the same weights into
 one of our bundles. Each server runs alone, in its own process; this process is the load generator:
 `--concurrency` requests kept in flight for `--seconds` per scenario, reporting throughput,
-p50/p95/p99 latency and errors.
+p50/p95/p99 latency and errors. The load generator (bench/loadgen.py, `--client raw`) sends
+prebuilt requests on keep-alive connections, so it takes little CPU from the servers it shares the
+machine with; `--client httpx` uses httpx instead (about 1 ms of client CPU per request).
   (a) one 512x512 JPEG photo + 10 labels ("a photo of a {}.")
   (b) one photo + a 1,000-label set: ours registered once with the 80 ImageNet templates;
       the pipeline encodes its 1,000 labels with one template on every request
@@ -18,11 +20,12 @@ so the gap between the two is the server's overhead; and the cold build time of 
 Writes bench/results/http_load.json.
 
 `--sweep` measures scenarios (a) and (c) (no label-set build) at each concurrency for both servers,
-writes bench/results/http_sweep.json and draws bench/results/http_sweep.png: throughput and
+writes bench/results/http_sweep.json and draws bench/charts/http_sweep.png: throughput and
 p50/p95 latency against concurrency, ours against the pipeline. Both servers stay up and each point
 is measured for both back to back; every point records the CPU that other processes used meanwhile
 (`other_work_cores`), and `--wait-quiet S` waits up to S seconds before each point for a shared
-machine to go quiet.
+machine to go quiet. Each point also records CPU time: the server's per image, the encoder alone's
+per image at the batch the server formed, and the load generator's per request.
 """
 
 from __future__ import annotations
@@ -38,12 +41,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+from loadgen import Request, run_load
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS10 = ["cat", "dog", "astronaut", "coffee", "rocket", "car", "tree", "house", "bird", "boat"]
@@ -111,7 +114,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.kill()
 
 
-Request = Callable[[int], dict[str, Any]]  # request number -> httpx.post kwargs
+CLIENT = "raw"  # set by --client: "raw" (bench/loadgen.py) or "httpx"
 
 
 async def load(
@@ -119,6 +122,8 @@ async def load(
 ) -> dict[str, Any]:
     """`concurrency` requests in flight for `seconds`, and until at least `min_requests` have started
     (so that a slow server still gives a percentile from more than a couple of requests)."""
+    if CLIENT == "raw":
+        return await run_load(url, make, concurrency, seconds, min_requests)
     latencies: list[float] = []
     errors = started = 0
     async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=concurrency)) as c:
@@ -190,7 +195,18 @@ def wait_for_quiet(pids: list[int], max_wait_s: float, below: float = 0.2) -> fl
 _ENCODERS: dict[Path, Any] = {}
 
 
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) that process `pid` has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def raw_image_rate(models: Path, batch: int, seconds: float = 3.0) -> float:
+    return raw_image_stats(models, batch, seconds)[0]
+
+
+def raw_image_stats(models: Path, batch: int, seconds: float = 3.0) -> tuple[float, float]:
+    """The image encoder alone, in this process: images/s (median call) and CPU ms per image."""
     from app.runtime.encoders import OnnxEncoders
     from model.bundle import current_bundle
 
@@ -200,12 +216,14 @@ def raw_image_rate(models: Path, batch: int, seconds: float = 3.0) -> float:
     x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
     enc.encode_images(x)
     times: list[float] = []
+    cpu0 = time.process_time()
     end = time.perf_counter() + seconds
     while time.perf_counter() < end or len(times) < 3:
         t = time.perf_counter()
         enc.encode_images(x)
         times.append(time.perf_counter() - t)
-    return batch / statistics.median(times)
+    cpu_ms = 1000 * (time.process_time() - cpu0) / (batch * len(times))
+    return batch / statistics.median(times), cpu_ms
 
 
 def ours_env(models: Path, tmp: Path, jpeg_draft: bool) -> dict[str, str]:
@@ -280,10 +298,13 @@ def run_sweep(args: argparse.Namespace) -> None:
                 for who, _, base, _, route, _ in chosen:  # warm-up: first calls, allocations
                     asyncio.run(load(base + route, sweep_requests(imgs, who == "ours")[name][1], 2, 2.0))
                 for c in levels:
-                    for who, _, base, _, route, _ in chosen:
+                    for (who, _, base, _, route, _), proc in zip(chosen, procs, strict=True):
                         per_request, make = sweep_requests(imgs, who == "ours")[name]
                         pids = [p.pid for p in procs]
-                        row = measure_point(base, route, who == "ours", make, c, seconds, pids, models, args)
+                        row = measure_point(
+                            base, route, who == "ours", make, c, seconds, pids, proc.pid, models, args
+                        )
+                        row["server_cpu_ms_per_image"] = row.pop("server_cpu_ms_per_request") / per_request
                         row["images_per_s"] = row["requests_per_s"] * per_request
                         results[who].setdefault(name, {})[str(c)] = row
                         print(f"{who} ({name}) concurrency {c}: {row}", flush=True)
@@ -301,7 +322,9 @@ def run_sweep(args: argparse.Namespace) -> None:
     out = ROOT / "bench/results/http_sweep.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
-    png = plot_sweep(results, out.with_suffix(".png"))
+    chart = ROOT / "bench/charts/http_sweep.png"  # committed, shown in bench/README.md
+    chart.parent.mkdir(parents=True, exist_ok=True)
+    png = plot_sweep(results, chart)
     print(f"wrote {out} and {png}")
 
 
@@ -313,24 +336,33 @@ def measure_point(
     concurrency: int,
     seconds: float,
     pids: list[int],
+    server_pid: int,
     models: Path,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
     """One point of the sweep. With --wait-quiet, a point during which other work took more than 0.2
-    cores is measured again (up to three tries; the quietest is kept)."""
+    cores is measured again (up to three tries; the quietest is kept).
+
+    Besides wall-clock throughput it records CPU time: the server's per request and the load
+    generator's, and (ours) the encoder alone's per image, so that the server's overhead per image is
+    a difference of CPU times, which a noisy shared machine disturbs far less than throughput."""
     best: dict[str, Any] | None = None
     for _ in range(3 if args.wait_quiet else 1):
         waited = wait_for_quiet(pids, args.wait_quiet) if args.wait_quiet else 0.0
         before = httpx.get(f"{base}/v1/models").json()["batcher"] if ours else None
         other = OtherWork(pids)
+        cpu_server, cpu_client = process_cpu_s(server_pid), process_cpu_s(os.getpid())
         row = asyncio.run(load(base + route, make, concurrency, seconds, min_requests=2 * concurrency + 2))
+        row["server_cpu_ms_per_request"] = 1000 * (process_cpu_s(server_pid) - cpu_server) / row["requests"]
+        row["client_cpu_ms_per_request"] = 1000 * (process_cpu_s(os.getpid()) - cpu_client) / row["requests"]
         row["other_work_cores"] = other.cores()
         row["waited_for_quiet_s"] = waited
         if before is not None:  # the batches formed, and the raw encoder at that batch right now
             after = httpx.get(f"{base}/v1/models").json()["batcher"]
             batches = max(1, after["batches"] - before["batches"])
             row["mean_batch"] = (after["images"] - before["images"]) / batches
-            row["raw_images_per_s"] = raw_image_rate(models, max(1, round(row["mean_batch"])), 3.0)
+            rate, cpu_ms = raw_image_stats(models, max(1, round(row["mean_batch"])), 3.0)
+            row["raw_images_per_s"], row["raw_cpu_ms_per_image"] = rate, cpu_ms
         if best is None or row["other_work_cores"] < best["other_work_cores"]:
             best = row
         if row["other_work_cores"] < 0.2:
@@ -351,10 +383,13 @@ def cpu_name() -> str:
 
 def print_sweep(results: dict[str, Any]) -> None:
     """The table; "of raw": our images/s against the raw encoder at the batch formed, measured
-    right after the point; "other": cores used by other work during the point (the larger of the
-    two servers' points)."""
+    right after the point; "cpu/img": CPU ms per image of our server and of the encoder alone at
+    that batch (their difference is the server's overhead); "client": the load generator's CPU ms
+    per request; "other": cores used by other work during the point (the larger of the two
+    servers' points)."""
     print(
         f"\n{'scen.':<6}{'conc.':>6}{'ours img/s':>12}{'p50':>7}{'p95':>7}{'batch':>7}{'of raw':>8}"
+        f"{'cpu/img':>9}{'enc':>7}{'client':>8}"
         f"{'HF img/s':>10}{'p50':>8}{'p95':>8}{'ratio':>7}{'other':>7}"
     )
     for name, rows in results["ours"].items():
@@ -362,7 +397,8 @@ def print_sweep(results: dict[str, Any]) -> None:
             share = o["images_per_s"] / o["raw_images_per_s"]
             line = (
                 f"({name})  {c:>6}{o['images_per_s']:>12.1f}{o['p50_ms']:>7.0f}{o['p95_ms']:>7.0f}"
-                f"{o['mean_batch']:>7.1f}{100 * share:>7.0f}%"
+                f"{o['mean_batch']:>7.1f}{100 * share:>7.0f}%{o['server_cpu_ms_per_image']:>9.1f}"
+                f"{o['raw_cpu_ms_per_image']:>7.1f}{o['client_cpu_ms_per_request']:>8.2f}"
             )
             h = results["hf"].get(name, {}).get(c)
             if h is not None:
@@ -431,7 +467,15 @@ def main() -> None:
         default=0.0,
         help="sweep: before each point, wait up to this many seconds for other work to stop",
     )
+    ap.add_argument(
+        "--client",
+        choices=["raw", "httpx"],
+        default="raw",
+        help="load generator: raw (prebuilt requests on asyncio streams, bench/loadgen.py) or httpx",
+    )
     args = ap.parse_args()
+    global CLIENT
+    CLIENT = args.client
     if args.sweep:
         run_sweep(args)
         return
