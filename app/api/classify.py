@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.api import deps
@@ -154,11 +155,13 @@ async def run_classify(
         }
     },
 )
-async def classify(request: Request) -> dict[str, Any]:
+async def classify(request: Request) -> JSONResponse:
     t0 = time.perf_counter()
     rt = deps.get_runtime(request)
     with deps.batcher(request).announce() as coming:  # admission: 503 at once when full, body unread
-        return await _classify(request, rt, t0, coming)
+        # The body holds only str, float and int: serialised as is, without FastAPI's jsonable_encoder
+        # walk over every label (measured at ~0.2 ms a request in a profile).
+        return JSONResponse(await _classify(request, rt, t0, coming))
 
 
 async def _classify(request: Request, rt: ModelRuntime, t0: float, coming: Announcement) -> dict[str, Any]:
