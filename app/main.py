@@ -23,6 +23,18 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 
+def limit_blas_threads() -> None:
+    """One thread for numpy's BLAS in the server: onnxruntime's threads hold the cores.
+
+    The only large matrix product here is features @ label_matrix.T. With 1,000 labels OpenBLAS
+    runs it on its own thread pool, whose threads then spin-wait for more work and take the CPU from
+    the image encoder: measured, a ViT-B/32 image took 105-111 ms instead of 53-59 ms after each such
+    product (bench/README.md). One thread does that product in about a millisecond."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     cache = LabelCache(settings.label_cache_bytes)
@@ -33,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        limit_blas_threads()
         batcher.start()
         result = await run_in_threadpool(holder.reload)  # not ready until loaded and warm
         if result.error:

@@ -423,3 +423,35 @@ def test_jpeg_draft_serves_large_photos_the_same_way(tmp_path: Path) -> None:
             data={"labels": CLASSES, "templates": "synthetic"},
         )
         assert r.status_code == 200 and r.json()["results"][0]["labels"][0]["label"] == SEEN[0].label
+
+
+def test_the_server_runs_numpy_blas_on_one_thread(tmp_path: Path) -> None:
+    """OpenBLAS threads spin after a large label product and slow the image encoder twofold
+    (bench/README.md), so the server's startup limits BLAS to one thread. Checked in a fresh
+    interpreter: the limit is process-wide."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = f"""
+import json
+from threadpoolctl import threadpool_info
+from fastapi.testclient import TestClient
+from app.main import create_app
+from tests.servers import service_settings
+from pathlib import Path
+import numpy as np
+np.ones((4, 4)) @ np.ones((4, 4))
+before = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+with TestClient(create_app(service_settings(Path({str(tmp_path)!r})))) as c:
+    assert c.get("/readyz").status_code == 200
+    after = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+print(json.dumps({{"before": before, "after": after}}))
+"""
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    seen = json.loads(r.stdout.strip().splitlines()[-1])
+    assert seen["after"] and all(n == 1 for n in seen["after"]), seen
+    assert len(seen["before"]) == len(seen["after"])
