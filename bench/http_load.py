@@ -527,6 +527,7 @@ def main() -> None:
                 },
             }
             for name, make in scenarios.items():
+                asyncio.run(load(f"{base}/v1/classify", make, args.concurrency, 2.0))  # warm-up
                 before = httpx.get(f"{base}/v1/models").json()["batcher"]
                 row = asyncio.run(load(f"{base}/v1/classify", make, args.concurrency, args.seconds))
                 after = httpx.get(f"{base}/v1/models").json()["batcher"]
@@ -562,6 +563,8 @@ def main() -> None:
                 "c": lambda i: {"files": files(i, 8), "data": {"labels": json.dumps(LABELS10)}},
             }
             for name, make in hf_scenarios.items():
+                if name != "b":  # warm-up ((b) takes half a minute a request: its first is warm enough)
+                    asyncio.run(load(f"{hbase}/classify", make, args.concurrency, 2.0))
                 row = asyncio.run(load(f"{hbase}/classify", make, args.concurrency, args.seconds))
                 results["hf"][name] = row
                 print(f"hf ({name}): {row}", flush=True)
