@@ -46,7 +46,7 @@ from typing import Any
 
 import httpx
 import numpy as np
-from loadgen import Request, run_load
+from loadgen import Request, run_load, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS10 = ["cat", "dog", "astronaut", "coffee", "rocket", "car", "tree", "house", "bird", "boat"]
@@ -65,8 +65,15 @@ def photos() -> list[bytes]:
     return out
 
 
+def new_results(**fields: Any) -> dict[str, Any]:
+    """The JSON a run writes: the machine, the run's own fields, then figures per server."""
+    machine = f"{platform.machine()}, {cpu_name()}, {os.cpu_count()} CPUs"
+    return {"machine": machine, **fields, "ours": {}, "hf": {}}
+
+
 def build(tmp: Path) -> tuple[Path, Path]:
     """A random ViT-B/32 as a Hugging Face folder and, with the same weights, as our bundle."""
+    print("building a random ViT-B/32 (transformers) and its bundle ...", flush=True)
     import torch
     import transformers
 
@@ -145,15 +152,7 @@ async def load(
         t0 = time.monotonic()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.monotonic() - t0
-    ms = np.array(latencies) * 1000
-    return {
-        "requests": len(latencies),
-        "requests_per_s": len(latencies) / wall,
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p95_ms": float(np.percentile(ms, 95)),
-        "p99_ms": float(np.percentile(ms, 99)),
-        "errors": errors,
-    }
+    return summarize(latencies, errors, wall)
 
 
 class OtherWork:
@@ -257,16 +256,9 @@ def run_sweep(args: argparse.Namespace) -> None:
     scenarios = [x.strip() for x in args.sweep_scenarios.split(",")]
     seconds = args.seconds or 8.0
     imgs = photos()
-    results: dict[str, Any] = {
-        "machine": f"{platform.machine()}, {cpu_name()}, {os.cpu_count()} CPUs",
-        "seconds_per_point": seconds,
-        "concurrency": levels,
-        "ours": {},
-        "hf": {},
-    }
+    results = new_results(seconds_per_point=seconds, concurrency=levels)
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
-        print("building a random ViT-B/32 (transformers) and its bundle ...", flush=True)
         hf_dir, models = build(tmp)
         servers = [
             (
@@ -486,15 +478,9 @@ def main() -> None:
     def files(i: int, n: int) -> list[tuple[str, tuple[str, bytes, str]]]:
         return [("image", (f"{k}.jpg", imgs[(i + k) % len(imgs)], "image/jpeg")) for k in range(n)]
 
-    results: dict[str, Any] = {
-        "machine": platform.machine(),
-        "concurrency": args.concurrency,
-        "ours": {},
-        "hf": {},
-    }
+    results = new_results(concurrency=args.concurrency)
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
-        print("building a random ViT-B/32 (transformers) and its bundle ...", flush=True)
         hf_dir, models = build(tmp)
         # --- ours ---
         port = 8111

@@ -103,11 +103,15 @@ async def run_load(
 
     t0 = time.monotonic()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    wall = time.monotonic() - t0
-    ms = np.array(latencies) * 1000
+    return summarize(latencies, errors, time.monotonic() - t0)
+
+
+def summarize(latencies_s: list[float], errors: int, wall_s: float) -> dict[str, Any]:
+    """A load run's figures: requests, requests/s, p50/p95/p99 latency in ms, errors."""
+    ms = np.array(latencies_s) * 1000
     return {
-        "requests": len(latencies),
-        "requests_per_s": len(latencies) / wall,
+        "requests": len(latencies_s),
+        "requests_per_s": len(latencies_s) / wall_s,
         "p50_ms": float(np.percentile(ms, 50)),
         "p95_ms": float(np.percentile(ms, 95)),
         "p99_ms": float(np.percentile(ms, 99)),
