@@ -88,6 +88,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from model.export import export_checkpoint
 
+    if args.int8_calibration and not args.int8:
+        raise CliError("--int8-calibration calibrates the int8 encoder: add --int8")
+
     bundle = export_checkpoint(
         args.checkpoint,
         args.out,

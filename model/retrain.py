@@ -72,6 +72,8 @@ class RetrainConfig:
             raise RetrainError('`eval` needs "folder": PATH or "synthetic": true')
         if not 0 <= cfg.margin < 1:
             raise RetrainError(f"margin must be in [0, 1), got {cfg.margin}")
+        if cfg.int8_calibration is not None and not cfg.int8:
+            raise RetrainError('"int8_calibration" is set but "int8" is not: set "int8": true')
         return cfg
 
     @property

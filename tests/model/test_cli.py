@@ -119,6 +119,9 @@ def test_export_int8_calibrated_on_a_folder(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     r = zeroshot(*export, "--version", "v2", "--int8-calibration", str(tmp_path / "empty"))
     assert_one_line_error(r, "holds no readable image")
+    no_int8 = [a for a in export if a != "--int8"]
+    r = zeroshot(*no_int8, "--version", "v2", "--int8-calibration", str(tmp_path / "cal"))
+    assert_one_line_error(r, "add --int8")
     assert not (tmp_path / "m" / "v2").exists()
     # eval of either encoder; the int8 figures are kept beside the fp32 ones
     small = ["--heldout-images", "36", "--seen-images", "36", "--templates", "default"]
@@ -128,8 +131,7 @@ def test_export_int8_calibrated_on_a_folder(tmp_path: Path) -> None:
     assert r.stdout.startswith("image encoder: int8\n")
     report = json.loads((tmp_path / "m" / "v1" / "eval.json").read_text())
     assert report["summary"]["image_precision"] == "int8" and list(report["other_reports"]) == ["synthetic"]
-    export = [a for a in export if a != "--int8"]
-    assert zeroshot(*export, "--version", "v3").returncode == 0
+    assert zeroshot(*no_int8, "--version", "v3").returncode == 0
     r = zeroshot("eval", str(tmp_path / "m"), *small, "--image-precision", "int8")
     assert_one_line_error(r, "--int8")
 

@@ -84,8 +84,16 @@ def test_bad_configs_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureF
         "unknown.json": json.dumps({"model_dir": "m", "train": {}, "bogus": 1}),
         "noeval.json": json.dumps({"model_dir": "m", "train": {}, "eval": {}}),
         "margin.json": json.dumps({"model_dir": "m", "train": {}, "margin": 5}),
+        "calibration.json": json.dumps({"model_dir": "m", "train": {}, "int8_calibration": "data"}),
     }
-    expected = ["does not exist", "not valid JSON", "unknown retrain config keys: bogus", "needs", "margin"]
+    expected = [
+        "does not exist",
+        "not valid JSON",
+        "unknown retrain config keys: bogus",
+        "needs",
+        "margin",
+        '"int8" is not',
+    ]
     for (name, text), msg in zip(cases.items(), expected, strict=True):
         if text is not None:
             (tmp_path / name).write_text(text)
