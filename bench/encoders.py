@@ -23,7 +23,6 @@ import argparse
 import io
 import json
 import platform
-import shutil
 import statistics
 import tempfile
 import time
@@ -42,7 +41,7 @@ from model.bundle import IMAGE_ENCODER, IMAGE_ENCODER_INT8, Bundle, current_bund
 from model.clip import build_model
 from model.data.synthetic import SyntheticShapes, all_classes, class_name
 from model.evaluate import EVAL_SEED
-from model.export import export_bundle, quantize_image_encoder, sample_inputs
+from model.export import export_bundle, requantize_image_encoder
 from model.preprocess import PreprocessConfig, preprocess_bytes
 from model.prompts import fill, get_templates
 from model.tokenizer import ClipTokenizer
@@ -177,7 +176,6 @@ def default_int8(bundle: Bundle, seconds: float, threads: int) -> dict[str, Any]
     pixels = np.concatenate([eval_pixels(size, 600, "heldout"), eval_pixels(size, 1500, "seen")])
     classes = [class_name(*c) for c in all_classes()]
     matrix = label_matrix(enc, classes, get_templates("synthetic"))
-    calibration, _ = sample_inputs(size, 64)  # what export_checkpoint calibrates on by default
 
     def feats(s: ort.InferenceSession) -> np.ndarray:
         return np.concatenate(
@@ -190,10 +188,7 @@ def default_int8(bundle: Bundle, seconds: float, threads: int) -> dict[str, Any]
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = session(bundle.file(IMAGE_ENCODER), threads)
         a = feats(fp32)
-        shutil.copy(bundle.file(IMAGE_ENCODER), Path(tmp) / IMAGE_ENCODER)
-        quantize_image_encoder(
-            Path(tmp), calibration[:8], bundle.manifest["architecture"]["image_tower"], calibration
-        )
+        requantize_image_encoder(bundle, Path(tmp))
         variants = {
             "static QDQ (export --int8)": Path(tmp) / IMAGE_ENCODER_INT8,
             "dynamic MatMul": quantized(

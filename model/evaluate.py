@@ -14,13 +14,13 @@ from collections import defaultdict, deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from app.runtime.classifier import label_matrix
-from app.runtime.encoders import OnnxEncoders, available_cpus
+from app.runtime.encoders import ImagePrecision, OnnxEncoders, available_cpus
 from model.bundle import Bundle, load_bundle, update_eval
 from model.data.files import ITEM_ERRORS, DataError, item_error_reason, load_image_file, scan_image_folder
 from model.data.synthetic import HELD_OUT, SyntheticShapes, all_classes, class_name
@@ -28,8 +28,6 @@ from model.preprocess import PreprocessConfig, preprocess_bytes
 from model.prompts import load_templates
 
 log = logging.getLogger(__name__)
-
-Precision = Literal["fp32", "int8"]
 
 DEFAULT_TEMPLATE_SETS = ("none", "default", "synthetic")
 FOLDER_TEMPLATE_SETS = ("default", "imagenet7", "imagenet80")
@@ -77,7 +75,7 @@ def evaluate_synthetic(
     seen_images: int = 1500,
     template_sets: Sequence[str] = DEFAULT_TEMPLATE_SETS,
     write: bool = True,
-    image_precision: Precision = "fp32",
+    image_precision: ImagePrecision = "fp32",
 ) -> dict[str, Any]:
     """Top-1/top-5 among all colour-shape classes for held-out and seen pairs, per template set."""
     if not isinstance(bundle, Bundle):
@@ -201,7 +199,7 @@ def evaluate_folder(
     template_sets: Sequence[str] = FOLDER_TEMPLATE_SETS,
     limit: int | None = None,
     write: bool = True,
-    image_precision: Precision = "fp32",
+    image_precision: ImagePrecision = "fp32",
 ) -> dict[str, Any]:
     """Zero-shot top-1/top-5/mean per-class recall on `folder/<class>/<images>`, per template set.
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TOLERANCE = 1e-4
 OPSET = 18
+SAMPLE_IMAGES = 64  # rendered images export_checkpoint checks parity (and calibrates int8) on
 
 
 class ExportError(Exception):
@@ -232,6 +234,15 @@ def quantize_image_encoder(
     }
 
 
+def requantize_image_encoder(bundle: Bundle, out_dir: Path) -> dict[str, Any]:
+    """Write into out_dir the int8 image encoder that `zeroshot export --int8` (with no calibration
+    folder) writes for this bundle's fp32 one, beside a copy of it; returns its manifest record."""
+    arch = bundle.manifest["architecture"]
+    shutil.copy(bundle.file(IMAGE_ENCODER), out_dir / IMAGE_ENCODER)
+    calibration, _ = sample_inputs(arch["image_size"], SAMPLE_IMAGES)
+    return quantize_image_encoder(out_dir, calibration, arch["image_tower"])
+
+
 def export_bundle(
     model: CLIP,
     tokenizer: ClipTokenizer,
@@ -334,7 +345,7 @@ def export_checkpoint(
     tolerance: float = DEFAULT_TOLERANCE,
     publish: bool = True,
     int8: bool = False,
-    n_images: int = 64,
+    n_images: int = SAMPLE_IMAGES,
     calibration_folder: str | Path | None = None,
 ) -> Bundle:
     """A training checkpoint -> a bundle in model_dir; the manifest names the checkpoint, so a later

@@ -20,10 +20,12 @@ from app.api.errors import ApiError
 from app.settings import Settings
 
 
-def _given(authorization: str | None, x_api_key: str | None) -> str:
+def _given(request: Request) -> str:
+    """The key the request carries: X-API-Key, else an `Authorization: Bearer` token, else ""."""
+    x_api_key = request.headers.get("x-api-key")
     if x_api_key:
         return x_api_key.strip()
-    auth = (authorization or "").strip()
+    auth = (request.headers.get("authorization") or "").strip()
     return auth[7:].strip() if auth[:7].lower() == "bearer " else ""
 
 
@@ -40,7 +42,7 @@ async def require_api_key(request: Request) -> None:
     if not s.api_keys:
         return
     secrets = [*s.api_keys, *([s.admin_token] if s.admin_token else [])]
-    given = _given(request.headers.get("authorization"), request.headers.get("x-api-key"))
+    given = _given(request)
     if not given:
         raise ApiError(
             401, "unauthorized", "an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key'"
@@ -57,7 +59,7 @@ async def require_admin(request: Request) -> None:
             "admin_disabled",
             "this route needs the admin token, and none is configured: set ZEROSHOT_ADMIN_TOKEN",
         )
-    if not _matches(_given(request.headers.get("authorization"), request.headers.get("x-api-key")), [token]):
+    if not _matches(_given(request), [token]):
         raise ApiError(401, "unauthorized", "a valid admin token is required (Authorization: Bearer ...)")
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import logging
 from typing import Any
 
@@ -12,7 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.runtime.batcher import DeadlineExceeded, QueueFull
-from app.runtime.label_sets import LabelSetError
+from app.runtime.label_sets import NO_SPACE, LabelSetError
 from model.preprocess import ImageError
 from model.prompts import TemplateError
 
@@ -92,7 +91,7 @@ def install(app: FastAPI) -> None:
         # A full disk (or quota, or file-size limit) is an operator's problem, not a bug: say so (507)
         # wherever it strikes, e.g. while Starlette spools a large upload to a temporary file. Other
         # OS errors are unexpected (500).
-        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        if e.errno in NO_SPACE:
             log.error("no space left on a disk: %s", e)
             return _json(507, "insufficient_storage", "the server has no disk space left for this request")
         log.exception("unhandled error")

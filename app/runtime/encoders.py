@@ -20,6 +20,7 @@ from model.tokenizer import ClipTokenizer
 log = logging.getLogger(__name__)
 
 Device = Literal["auto", "cuda", "cpu"]
+ImagePrecision = Literal["fp32", "int8"]  # which image encoder of a bundle: int8 needs export --int8
 
 
 def choose_providers(device: Device) -> list[str]:
@@ -59,7 +60,7 @@ class OnnxEncoders:
         bundle: Bundle,
         device: Device = "auto",
         intra_op_threads: int | None = None,
-        image_precision: Literal["fp32", "int8"] = "fp32",
+        image_precision: ImagePrecision = "fp32",
     ) -> None:
         self.bundle = bundle
         self.image_precision = image_precision

@@ -3,7 +3,6 @@ int8 encoders (and the default model's int8 agreement)."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +13,11 @@ import torch
 
 from app.runtime.classifier import label_matrix
 from app.runtime.encoders import OnnxEncoders, l2_normalize
-from model.bundle import CURRENT, IMAGE_ENCODER, IMAGE_ENCODER_INT8, current_bundle, load_bundle, read_current
+from model.bundle import CURRENT, IMAGE_ENCODER_INT8, current_bundle, load_bundle, read_current
 from model.clip import build_model
 from model.data.synthetic import SyntheticShapes, all_classes, class_name
 from model.evaluate import EVAL_SEED
-from model.export import ExportError, export_bundle, quantize_image_encoder, sample_inputs
+from model.export import ExportError, export_bundle, requantize_image_encoder
 from model.preprocess import PreprocessConfig, preprocess_image
 from model.prompts import get_templates
 from model.tokenizer import ClipTokenizer
@@ -164,10 +163,8 @@ def test_int8_default_model_agrees_with_fp32_on_its_eval(tmp_path: Path) -> None
     bundle = current_bundle(DEFAULT_MODEL_DIR)
     enc = OnnxEncoders(bundle, device="cpu")
     size = enc.preprocess.image_size
-    shutil.copy(bundle.file(IMAGE_ENCODER), tmp_path / IMAGE_ENCODER)
-    calibration, _ = sample_inputs(size, 64)
-    record = quantize_image_encoder(tmp_path, calibration[:8], "resnet", calibration)
-    assert record["method"] == "static"
+    record = requantize_image_encoder(bundle, tmp_path)
+    assert record["method"] == "static" and record["calibration_images"] == 64
     q = ort.InferenceSession(str(tmp_path / IMAGE_ENCODER_INT8), providers=["CPUExecutionProvider"])
     pre = PreprocessConfig(image_size=size)
     pixels = np.stack(
@@ -178,13 +175,9 @@ def test_int8_default_model_agrees_with_fp32_on_its_eval(tmp_path: Path) -> None
         ]
     )
     matrix = label_matrix(enc, [class_name(*c) for c in all_classes()], get_templates("synthetic"))
-    a = np.concatenate([enc.encode_images(pixels[i : i + 256]) for i in range(0, len(pixels), 256)])
-    b = np.concatenate(
-        [
-            l2_normalize(q.run(None, {"pixel_values": pixels[i : i + 256]})[0])
-            for i in range(0, len(pixels), 256)
-        ]
-    )
+    chunks = [pixels[i : i + 256] for i in range(0, len(pixels), 256)]
+    a = np.concatenate([enc.encode_images(x) for x in chunks])
+    b = np.concatenate([l2_normalize(q.run(None, {"pixel_values": x})[0]) for x in chunks])
     agreement = ((a @ matrix.T).argmax(1) == (b @ matrix.T).argmax(1)).mean()
     assert agreement >= 0.99, agreement
     assert (a * b).sum(axis=1).mean() > 0.999
