@@ -1,23 +1,20 @@
-"""create_app(settings) -> FastAPI. Settings are made here, never at import time. Torch-free."""
+"""create_app(settings, runtime_factory) -> FastAPI. Settings are made here, never at import time;
+the runtime factory says how a model version is loaded (the bundle's ONNX files by default; the API
+tests pass a fake encoder). Torch-free."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from starlette.concurrency import run_in_threadpool
 
 from app.api import admin, classify, embeddings, errors, health, label_sets, metrics, page
-from app.api.inputs import BodyLimitMiddleware, body_limit
+from app.api.body_limit import BodyLimitMiddleware, body_limit
 from app.metrics import Metrics, MetricsMiddleware
-from app.runtime.batcher import ImageBatcher
-from app.runtime.label_sets import LabelSetStore
-from app.runtime.reload import ModelHolder, watch
-from app.runtime.service import LabelCache
+from app.runtime.engine import Engine
+from app.runtime.model import RuntimeFactory, load_runtime
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,33 +32,18 @@ def limit_blas_threads() -> None:
     threadpool_limits(limits=1, user_api="blas")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, runtime_factory: RuntimeFactory = load_runtime) -> FastAPI:
     settings = settings or Settings()
-    cache = LabelCache(settings.label_cache_bytes)
-    holder = ModelHolder(settings, cache)
-    batcher = ImageBatcher(settings.max_batch, settings.max_wait_ms, settings.max_queue)
-    telemetry = Metrics(holder, batcher, cache)
-    batcher.on_batch = telemetry.on_batch
+    engine = Engine(settings, runtime_factory)
+    telemetry = Metrics(engine)
+    engine.batcher.on_batch = telemetry.on_batch
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         limit_blas_threads()
-        batcher.start()
-        result = await run_in_threadpool(holder.reload)  # not ready until loaded and warm
-        if result.error:
-            log.error("no model loaded: %s", result.error)
-        task = (
-            asyncio.create_task(watch(holder, settings.reload_interval_s))
-            if settings.reload_interval_s
-            else None
-        )
+        await engine.start()  # not ready until the model is loaded and warm
         yield
-        app.state.draining = True  # /readyz answers 503 from now on
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await run_in_threadpool(batcher.close)  # answers what is queued, then stops
+        await engine.stop()  # /readyz answers 503 from now on; what is queued is answered
 
     app = FastAPI(
         title="zeroshot",
@@ -71,11 +53,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         'Errors always have the body {"error": {"code", "message", "detail"}}.',
     )
     app.state.settings = settings
-    app.state.holder = holder
-    app.state.batcher = batcher
+    app.state.engine = engine
     app.state.metrics = telemetry
-    app.state.label_sets = LabelSetStore(settings.label_sets_dir)
-    app.state.draining = False
     errors.install(app)
     for module in (health, classify, embeddings, label_sets, admin, metrics, page):
         app.include_router(module.router)

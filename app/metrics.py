@@ -13,9 +13,7 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from app.runtime.batcher import ImageBatcher
-    from app.runtime.reload import ModelHolder
-    from app.runtime.service import LabelCache
+    from app.runtime.engine import Engine
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -24,8 +22,8 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 class _State(Collector):
     """Values read at scrape time from the objects that own them."""
 
-    def __init__(self, holder: ModelHolder, batcher: ImageBatcher, cache: LabelCache) -> None:
-        self.holder, self.batcher, self.cache = holder, batcher, cache
+    def __init__(self, engine: Engine) -> None:
+        self.holder, self.batcher, self.cache = engine.holder, engine.batcher, engine.cache
 
     def collect(self) -> Iterable[Metric]:
         q = GaugeMetricFamily("zeroshot_queue_depth", "images admitted and waiting for the image encoder")
@@ -63,7 +61,7 @@ class _State(Collector):
         )
         rt = self.holder.runtime
         if rt is not None:
-            info.add_metric([rt.bundle.name, rt.bundle.version, rt.sha, rt.encoders.provider], 1)
+            info.add_metric([rt.name, rt.version, rt.sha, rt.encoders.provider], 1)
         yield info
         up = GaugeMetricFamily("zeroshot_model_loaded", "1 when a model is loaded and warm")
         up.add_metric([], 0 if rt is None else 1)
@@ -74,7 +72,7 @@ class _State(Collector):
 
 
 class Metrics:
-    def __init__(self, holder: ModelHolder, batcher: ImageBatcher, cache: LabelCache) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "zeroshot_requests",
@@ -107,7 +105,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.registry.register(_State(holder, batcher, cache))
+        self.registry.register(_State(engine))
 
     def on_batch(self, n: int, waited_s: float, run_s: float) -> None:
         self.batch_size.observe(n)

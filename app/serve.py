@@ -31,7 +31,7 @@ class DrainingServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if sig == signal.SIGTERM and self.drain_s > 0 and self._timer is None and not self.should_exit:
-            self.app.state.draining = True
+            self.app.state.engine.draining = True
             log.info("SIGTERM: /readyz now answers 503; shutting down in %.1f s", self.drain_s)
             self._timer = threading.Timer(self.drain_s, super().handle_exit, (sig, frame))
             self._timer.daemon = True

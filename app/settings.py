@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from model.preprocess import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS
+from model.bundle.preprocess import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS
 
 
 def _split(v: object) -> object:

@@ -35,18 +35,18 @@ import onnxruntime as ort
 import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from app.runtime.classifier import label_matrix
-from app.runtime.encoders import OnnxEncoders, available_cpus, l2_normalize
-from model.bundle import IMAGE_ENCODER, IMAGE_ENCODER_INT8, Bundle, current_bundle
+from model.bundle.encoders import OnnxEncoders, available_cpus, l2_normalize
+from model.bundle.format import IMAGE_ENCODER, IMAGE_ENCODER_INT8, Bundle, current_bundle
+from model.bundle.preprocess import PreprocessConfig, preprocess_bytes
+from model.bundle.prompts import fill, get_templates
+from model.bundle.tokenizer import ClipTokenizer
+from model.bundle.zeroshot import label_matrix
 from model.clip import build_model
 from model.data.synthetic import SyntheticShapes, all_classes, class_name
 from model.evaluate import EVAL_SEED
 from model.export import export_bundle, requantize_image_encoder
-from model.preprocess import PreprocessConfig, preprocess_bytes
-from model.prompts import fill, get_templates
-from model.tokenizer import ClipTokenizer
 
-VIT_B32_GFLOPS_PER_IMAGE = 8.82  # the paper's figure (DESIGN.md)
+VIT_B32_GFLOPS_PER_IMAGE = 8.82  # the paper's figure (Radford et al. 2021, Table 20)
 
 
 def rate(fn: Callable[[], Any], items: int, seconds: float) -> float:

@@ -77,9 +77,9 @@ def build(tmp: Path) -> tuple[Path, Path]:
     import torch
     import transformers
 
+    from model.bundle.preprocess import PreprocessConfig, preprocess_bytes
+    from model.bundle.tokenizer import ClipTokenizer
     from model.export import export_bundle
-    from model.preprocess import PreprocessConfig, preprocess_bytes
-    from model.tokenizer import ClipTokenizer
     from model.weights import model_from_hf
 
     torch.manual_seed(0)
@@ -206,8 +206,8 @@ def raw_image_rate(models: Path, batch: int, seconds: float = 3.0) -> float:
 
 def raw_image_stats(models: Path, batch: int, seconds: float = 3.0) -> tuple[float, float]:
     """The image encoder alone, in this process: images/s (median call) and CPU ms per image."""
-    from app.runtime.encoders import OnnxEncoders
-    from model.bundle import current_bundle
+    from model.bundle.encoders import OnnxEncoders
+    from model.bundle.format import current_bundle
 
     if models not in _ENCODERS:  # loaded once per run: a sweep measures it after every point
         _ENCODERS[models] = OnnxEncoders(current_bundle(models / "b32"), device="cpu")

@@ -22,13 +22,13 @@ import numpy as np
 from PIL import Image
 from skimage import data
 
-from app.runtime.classifier import label_matrix
-from app.runtime.encoders import OnnxEncoders
-from model.bundle import current_bundle
+from model.bundle.encoders import OnnxEncoders
+from model.bundle.format import current_bundle
+from model.bundle.preprocess import PreprocessConfig, preprocess_bytes
+from model.bundle.prompts import get_templates
+from model.bundle.zeroshot import label_matrix
 from model.data.synthetic import SyntheticShapes, all_classes, class_name
 from model.evaluate import EVAL_SEED
-from model.preprocess import PreprocessConfig, preprocess_bytes
-from model.prompts import get_templates
 
 
 def jpeg(img: Image.Image) -> bytes:

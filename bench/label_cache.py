@@ -66,7 +66,8 @@ def main() -> None:
             max_wait_ms=0,
         )
         with TestClient(create_app(s)) as c:
-            rt = c.app.state.holder.runtime  # type: ignore[attr-defined]
+            rt = c.app.state.engine.holder.runtime  # type: ignore[attr-defined]
+            cache = c.app.state.engine.cache  # type: ignore[attr-defined]
             pixels = np.zeros(
                 (1, 3, rt.encoders.preprocess.image_size, rt.encoders.preprocess.image_size), np.float32
             )
@@ -80,13 +81,13 @@ def main() -> None:
             cold = []
             for k in range(5):  # five label lists nobody asked for before
                 labels = [f"thing {k}-{i}" for i in range(100)]
-                before = rt.cache.encoded_prompts
+                before = cache.encoded_prompts
                 cold.append(median_ms(lambda labels=labels: post(labels), 1))
-                assert rt.cache.encoded_prompts - before == 100
+                assert cache.encoded_prompts - before == 100
             rows["1 image + 100 new labels (cold)"] = statistics.median(cold)
-            before = rt.cache.encoded_prompts
+            before = cache.encoded_prompts
             rows["1 image + the same 100 labels (cached)"] = median_ms(lambda: post(labels), args.repeat)
-            assert rt.cache.encoded_prompts == before, "the cached request encoded text"
+            assert cache.encoded_prompts == before, "the cached request encoded text"
             post(["red circle", "blue square"])
             rows["1 image + 2 cached labels"] = median_ms(
                 lambda: post(["red circle", "blue square"]), args.repeat

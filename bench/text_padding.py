@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from app.runtime.encoders import OnnxEncoders
-from model.bundle import Bundle, current_bundle
+from model.bundle.encoders import OnnxEncoders
+from model.bundle.format import Bundle, current_bundle
+from model.bundle.prompts import fill, get_templates
 from model.data.synthetic import all_classes, class_name
-from model.prompts import fill, get_templates
 
 
 def prompts() -> list[str]:
@@ -72,9 +72,9 @@ def main() -> None:
     if args.vit_b32:
         import torch
 
+        from model.bundle.tokenizer import ClipTokenizer
         from model.clip import build_model
         from model.export import export_bundle
-        from model.tokenizer import ClipTokenizer
 
         torch.manual_seed(0)
         with tempfile.TemporaryDirectory() as tmp:

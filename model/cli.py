@@ -26,7 +26,7 @@ class CliError(Exception):
 
 def _bundle_path(arg: str) -> Path:
     """A bundle folder, or a model folder with CURRENT (then the current version)."""
-    from model.bundle import CURRENT, read_current
+    from model.bundle.format import CURRENT, read_current
 
     p = Path(arg)
     if (p / CURRENT).is_file():
@@ -86,7 +86,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from model.export import export_checkpoint
+    from model.export import describe_parity, export_checkpoint
 
     if args.int8_calibration and not args.int8:
         raise CliError("--int8-calibration calibrates the int8 encoder: add --int8")
@@ -100,19 +100,17 @@ def cmd_export(args: argparse.Namespace) -> None:
         int8=args.int8,
         calibration_folder=args.int8_calibration,
     )
-    p = bundle.manifest["parity"]
     print(
-        f"bundle: {bundle.path}  (image diff {p['image_max_abs_diff']:.1e}, text diff "
-        f"{p['text_max_abs_diff']:.1e}, tolerance {p['tolerance']:.0e})"
+        f"bundle: {bundle.path}  ({describe_parity(bundle.manifest['parity'])})"
         + ("" if args.no_publish else f"\npublished as {Path(args.out) / 'CURRENT'} -> {bundle.version}")
     )
 
 
 def cmd_import(args: argparse.Namespace) -> None:
-    from model.export import export_bundle, sample_inputs
+    from model.bundle.preprocess import PreprocessConfig
+    from model.bundle.tokenizer import ClipTokenizer
+    from model.export import describe_parity, export_bundle, sample_inputs
     from model.importer import load_published, save_imported_checkpoint
-    from model.preprocess import PreprocessConfig
-    from model.tokenizer import ClipTokenizer
 
     out = Path(args.out)
     ckpt_path = Path(args.checkpoint_out or Path("runs") / f"import-{out.name}" / "imported.pt")
@@ -135,18 +133,16 @@ def cmd_import(args: argparse.Namespace) -> None:
         extra_manifest={"source": source},
     )
     save_imported_checkpoint(imported.model, ckpt_path, source)
-    p = bundle.manifest["parity"]
     print(
-        f"bundle: {bundle.path}  (image diff {p['image_max_abs_diff']:.1e}, text diff "
-        f"{p['text_max_abs_diff']:.1e}, tolerance {p['tolerance']:.0e})\n"
+        f"bundle: {bundle.path}  ({describe_parity(bundle.manifest['parity'])})\n"
         f"checkpoint (to fine-tune or re-export): {ckpt_path}"
         + ("" if args.no_publish else f"\npublished as {out / 'CURRENT'} -> {bundle.version}")
     )
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    from model.bundle.prompts import load_templates
     from model.evaluate import DEFAULT_TEMPLATE_SETS, FOLDER_TEMPLATE_SETS, format_report
-    from model.prompts import load_templates
 
     default = FOLDER_TEMPLATE_SETS if args.folder else DEFAULT_TEMPLATE_SETS
     templates = [t.strip() for t in (args.templates or ",".join(default)).split(",") if t.strip()]
@@ -186,7 +182,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         from app.settings import Settings
     except ImportError as e:
         raise CliError(f"{e.name} is not installed: pip install -e '.[server]'") from None
-    from model.bundle import current_bundle
+    from model.bundle.format import current_bundle
 
     given = {"models_dir": args.models, "model_name": args.model}
     settings = Settings(**{k: v for k, v in given.items() if v is not None})  # flags over ZEROSHOT_*
@@ -202,6 +198,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 
+    _train_parser(sub)
+    _export_parser(sub)
+    _import_parser(sub)
+    _eval_parser(sub)
+    _retrain_parser(sub)
+    _serve_parser(sub)
+    return p
+
+
+Subparsers = Any  # argparse's _SubParsersAction, which it does not export
+
+
+def _train_parser(sub: Subparsers) -> None:
     t = sub.add_parser("train", help="train CLIP with the contrastive objective")
     t.add_argument(
         "--preset", help="architecture: tiny, tiny-vit, ViT-B-32, ViT-B-16, ViT-L-14, RN50 (default tiny)"
@@ -231,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", help="continue from this checkpoint")
     t.set_defaults(func=cmd_train)
 
+
+def _export_parser(sub: Subparsers) -> None:
     e = sub.add_parser("export", help="export a checkpoint to an ONNX model bundle")
     e.add_argument("--checkpoint", required=True, help="checkpoint written by `zeroshot train`")
     e.add_argument(
@@ -252,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.set_defaults(func=cmd_export)
 
+
+def _import_parser(sub: Subparsers) -> None:
     im = sub.add_parser(
         "import", help="import published CLIP weights (OpenAI, open_clip, Hugging Face) as a model bundle"
     )
@@ -273,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     im.set_defaults(func=cmd_import)
 
+
+def _eval_parser(sub: Subparsers) -> None:
     v = sub.add_parser(
         "eval",
         help="zero-shot accuracy of a bundle on the synthetic held-out and seen classes, or an image folder",
@@ -301,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v.set_defaults(func=cmd_eval)
 
+
+def _retrain_parser(sub: Subparsers) -> None:
     r = sub.add_parser(
         "retrain",
         help="train -> export -> eval -> publish if not worse than the served model (exit 2 if refused)",
@@ -309,13 +326,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="publish even if the new model is worse")
     r.set_defaults(func=cmd_retrain)
 
+
+def _serve_parser(sub: Subparsers) -> None:
     s = sub.add_parser("serve", help="serve the CURRENT bundle over HTTP (settings: ZEROSHOT_* variables)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--models", help="models folder (default: $ZEROSHOT_MODELS_DIR or models)")
     s.add_argument("--model", help="model name (default: $ZEROSHOT_MODEL_NAME or default)")
     s.set_defaults(func=cmd_serve)
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -325,8 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    from model.bundle import BundleError
-    from model.prompts import TemplateError
+    from model.bundle.format import BundleError
+    from model.bundle.prompts import TemplateError
 
     expected: tuple[type[BaseException], ...] = (CliError, BundleError, TemplateError, ValueError, OSError)
     try:

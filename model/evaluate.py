@@ -1,8 +1,11 @@
-"""Zero-shot evaluation through the exported ONNX bundle, on the path the server takes.
+"""Zero-shot evaluation, on the path the server takes: the one evaluation of the project.
 
 Images are encoded as PNG bytes (synthetic) or read from files (an image folder) and decoded by the
-server's preprocessing; texts go through the bundle's tokenizer and the server's prompt ensembling
-(app.runtime.classifier). Torch-free.
+server's preprocessing; texts go through the tokenizer and the shared prompt ensembling
+(model/bundle/zeroshot.py). `synthetic_report` and `folder_report` take any encoders: `zeroshot eval`
+passes the bundle's ONNX ones (`evaluate_synthetic`, `evaluate_folder`), the trainer its model in
+torch (model/train_eval.py), so the figures a run logs and the figures of its bundle are comparable.
+Torch-free.
 """
 
 from __future__ import annotations
@@ -19,13 +22,20 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from app.runtime.classifier import label_matrix
-from app.runtime.encoders import ImagePrecision, OnnxEncoders, available_cpus
-from model.bundle import Bundle, load_bundle, update_eval
-from model.data.files import ITEM_ERRORS, DataError, item_error_reason, load_image_file, scan_image_folder
+from model.bundle.encoders import Encoders, ImagePrecision, OnnxEncoders, available_cpus
+from model.bundle.format import Bundle, load_bundle, update_eval
+from model.bundle.preprocess import PreprocessConfig, preprocess_bytes
+from model.bundle.prompts import load_templates
+from model.bundle.zeroshot import label_matrix
+from model.data.files import (
+    ITEM_ERRORS,
+    DataError,
+    FolderIndex,
+    item_error_reason,
+    load_image_file,
+    scan_image_folder,
+)
 from model.data.synthetic import HELD_OUT, SyntheticShapes, all_classes, class_name
-from model.preprocess import PreprocessConfig, preprocess_bytes
-from model.prompts import load_templates
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +44,7 @@ FOLDER_TEMPLATE_SETS = ("default", "imagenet7", "imagenet80")
 EVAL_SEED = 20_211_231  # fixed and distinct from any training seed: the same images for every model
 
 
-def _encode_split(
-    encoders: OnnxEncoders, split: str, n: int, batch: int = 64
-) -> tuple[np.ndarray, list[str]]:
+def _encode_split(encoders: Encoders, split: str, n: int, batch: int = 64) -> tuple[np.ndarray, list[str]]:
     data = SyntheticShapes(image_size=encoders.preprocess.image_size, seed=EVAL_SEED, split=split, length=n)
     feats, names = [], []
     for start in tqdm(range(0, n, batch), desc=f"eval {split}", unit="batch", leave=False):
@@ -69,18 +77,14 @@ def _metrics(sim: np.ndarray, truth: Sequence[str], classes: Sequence[str]) -> d
     }
 
 
-def evaluate_synthetic(
-    bundle: Bundle | str | Path,
+def synthetic_report(
+    encoders: Encoders,
     heldout_images: int = 600,
     seen_images: int = 1500,
     template_sets: Sequence[str] = DEFAULT_TEMPLATE_SETS,
-    write: bool = True,
-    image_precision: ImagePrecision = "fp32",
 ) -> dict[str, Any]:
-    """Top-1/top-5 among all colour-shape classes for held-out and seen pairs, per template set."""
-    if not isinstance(bundle, Bundle):
-        bundle = load_bundle(bundle)
-    encoders = OnnxEncoders(bundle, device="auto", image_precision=image_precision)
+    """Top-1/top-5 among all colour-shape classes for held-out and seen pairs, per template set, on
+    the first images of the fixed eval sequence (EVAL_SEED): the same images for every model."""
     classes = [class_name(*c) for c in all_classes()]
     splits = {
         "heldout": _encode_split(encoders, "heldout", heldout_images),
@@ -95,16 +99,16 @@ def evaluate_synthetic(
     primary = "synthetic" if "synthetic" in results else template_sets[0]
     held = results[primary]["heldout"]["per_class_top1"]
     weakest = min(held, key=held.__getitem__)
-    report = {
+    return {
         "dataset": "synthetic",
-        "image_precision": image_precision,
+        "image_precision": encoders.image_precision,
         "classes": len(classes),
         "held_out_classes": sorted(class_name(*c) for c in HELD_OUT),
         "seed": EVAL_SEED,
         "results": results,
         "summary": {
             "dataset": "synthetic",
-            "image_precision": image_precision,
+            "image_precision": encoders.image_precision,
             "template_set": primary,
             "heldout_top1": results[primary]["heldout"]["top1"],
             "seen_top1": results[primary]["seen"]["top1"],
@@ -112,6 +116,21 @@ def evaluate_synthetic(
             "weakest_heldout_top1": held[weakest],
         },
     }
+
+
+def evaluate_synthetic(
+    bundle: Bundle | str | Path,
+    heldout_images: int = 600,
+    seen_images: int = 1500,
+    template_sets: Sequence[str] = DEFAULT_TEMPLATE_SETS,
+    write: bool = True,
+    image_precision: ImagePrecision = "fp32",
+) -> dict[str, Any]:
+    """synthetic_report through the bundle's ONNX encoders; kept in its eval.json unless write=False."""
+    if not isinstance(bundle, Bundle):
+        bundle = load_bundle(bundle)
+    encoders = OnnxEncoders(bundle, device="auto", image_precision=image_precision)
+    report = synthetic_report(encoders, heldout_images, seen_images, template_sets)
     if write:
         save_report(bundle, report)
     return report
@@ -171,7 +190,7 @@ def _read_ahead(
 
 
 def _encode_folder(
-    encoders: OnnxEncoders, samples: Sequence[tuple[Path, int]], batch: int = 64
+    encoders: Encoders, samples: Sequence[tuple[Path, int]], batch: int = 64
 ) -> tuple[np.ndarray, list[int], list[dict[str, str]]]:
     """Normalized image features [N, E], their class indices, and the files skipped (with reasons)."""
     feats, labels, skipped = [], [], []
@@ -193,28 +212,35 @@ def _encode_folder(
     return np.concatenate(feats), labels, skipped
 
 
-def evaluate_folder(
-    bundle: Bundle | str | Path,
+def folder_report(
+    encoders: Encoders,
     folder: str | Path,
     template_sets: Sequence[str] = FOLDER_TEMPLATE_SETS,
     limit: int | None = None,
-    write: bool = True,
-    image_precision: ImagePrecision = "fp32",
 ) -> dict[str, Any]:
     """Zero-shot top-1/top-5/mean per-class recall on `folder/<class>/<images>`, per template set.
 
     Every class folder is a candidate label ("red_circle" -> "red circle"). Unreadable images are
     skipped and listed; `limit` evaluates at most that many images, round-robin over the classes.
-    A template set is a set name or a template file (model.prompts.load_templates)."""
+    A template set is a set name or a template file (model.bundle.prompts.load_templates)."""
+    return _folder_report(encoders, *_folder_args(folder, template_sets, limit), limit)
+
+
+def _folder_args(
+    folder: str | Path, template_sets: Sequence[str], limit: int | None
+) -> tuple[dict[str, tuple[str, ...]], FolderIndex]:
+    """The templates and the folder's index; bad arguments fail here, before any model is loaded."""
     if limit is not None and limit < 1:
         raise DataError(f"limit must be >= 1, got {limit}")
     if not template_sets:
         raise DataError("no template sets to evaluate")
-    templates = {t: load_templates(t) for t in template_sets}  # bad names fail before any work
-    index = scan_image_folder(folder)
-    if not isinstance(bundle, Bundle):
-        bundle = load_bundle(bundle)
-    encoders = OnnxEncoders(bundle, device="auto", image_precision=image_precision)
+    return {t: load_templates(t) for t in template_sets}, scan_image_folder(folder)
+
+
+def _folder_report(
+    encoders: Encoders, templates: dict[str, tuple[str, ...]], index: FolderIndex, limit: int | None
+) -> dict[str, Any]:
+    template_sets = list(templates)
     classes = list(index.classes)
     feats, labels, skipped = _encode_folder(encoders, _take(index.samples, limit))
     truth = [classes[y] for y in labels]
@@ -227,9 +253,10 @@ def evaluate_folder(
     weakest = min(recall, key=recall.__getitem__)
     root = str(index.root.resolve())
     counts = {"classes": len(classes), "images": len(truth), "skipped": len(skipped)}
+    precision = encoders.image_precision
     summary = {
         "dataset": "folder",
-        "image_precision": image_precision,
+        "image_precision": precision,
         "folder": root,
         "template_set": template_sets[0],
         **counts,
@@ -237,9 +264,9 @@ def evaluate_folder(
         "weakest_class": weakest,
         "weakest_class_top1": recall[weakest],
     }
-    report = {
+    return {
         "dataset": "folder",
-        "image_precision": image_precision,
+        "image_precision": precision,
         "folder": root,
         **counts,
         "class_names": classes,
@@ -248,6 +275,22 @@ def evaluate_folder(
         "results": results,
         "summary": summary,
     }
+
+
+def evaluate_folder(
+    bundle: Bundle | str | Path,
+    folder: str | Path,
+    template_sets: Sequence[str] = FOLDER_TEMPLATE_SETS,
+    limit: int | None = None,
+    write: bool = True,
+    image_precision: ImagePrecision = "fp32",
+) -> dict[str, Any]:
+    """folder_report through the bundle's ONNX encoders; kept in its eval.json unless write=False."""
+    templates, index = _folder_args(folder, template_sets, limit)
+    if not isinstance(bundle, Bundle):
+        bundle = load_bundle(bundle)
+    encoders = OnnxEncoders(bundle, device="auto", image_precision=image_precision)
+    report = _folder_report(encoders, templates, index, limit)
     if write:
         save_report(bundle, report)
     return report

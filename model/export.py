@@ -13,22 +13,20 @@ import contextlib
 import io
 import logging
 import shutil
-import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.bundle import (
+from model.bundle.encoders import open_session, run_normalized
+from model.bundle.format import (
     IMAGE_ENCODER,
-    IMAGE_ENCODER_INT8,
     TEXT_ENCODER,
     TOKENIZER,
     Bundle,
@@ -36,9 +34,10 @@ from model.bundle import (
     set_current,
     write_bundle,
 )
+from model.bundle.preprocess import PreprocessConfig
+from model.bundle.tokenizer import ClipTokenizer
 from model.clip import CLIP
-from model.preprocess import PreprocessConfig
-from model.tokenizer import ClipTokenizer
+from model.quantize import quantize_image_encoder
 
 log = logging.getLogger(__name__)
 
@@ -134,24 +133,29 @@ class Parity:
         return dict(self.__dict__)
 
 
+def describe_parity(parity: Mapping[str, Any]) -> str:
+    """One line for a manifest's parity figures, as export, import and retrain print them."""
+    return (
+        f"ONNX vs torch max abs diff {parity['image_max_abs_diff']:.1e} (image), "
+        f"{parity['text_max_abs_diff']:.1e} (text), tolerance {parity['tolerance']:.0e}"
+    )
+
+
 def check_parity(
     model: CLIP, out_dir: Path, images: np.ndarray, token_ids: Sequence[np.ndarray], tolerance: float
 ) -> Parity:
     """Run both ONNX files in onnxruntime and compare normalized features with torch."""
     model = model.eval().float()
-    img_sess = ort.InferenceSession(str(out_dir / IMAGE_ENCODER), providers=["CPUExecutionProvider"])
-    txt_sess = ort.InferenceSession(str(out_dir / TEXT_ENCODER), providers=["CPUExecutionProvider"])
+    img_sess, txt_sess = open_session(out_dir / IMAGE_ENCODER), open_session(out_dir / TEXT_ENCODER)
     with torch.no_grad():
         ref = F.normalize(model.encode_image(torch.from_numpy(images)), dim=-1).numpy()
-    got = img_sess.run(None, {"pixel_values": images})[0]
-    got /= np.linalg.norm(got, axis=-1, keepdims=True)
+    got = run_normalized(img_sess, {"pixel_values": images})
     img_diff = float(np.abs(ref - got).max())
     txt_diff, n_txt = 0.0, 0
     for ids in token_ids:  # batches of different padded lengths exercise the dynamic sequence axis
         with torch.no_grad():
             ref = F.normalize(model.encode_text(torch.from_numpy(ids)), dim=-1).numpy()
-        got = txt_sess.run(None, {"input_ids": ids})[0]
-        got /= np.linalg.norm(got, axis=-1, keepdims=True)
+        got = run_normalized(txt_sess, {"input_ids": ids})
         txt_diff, n_txt = max(txt_diff, float(np.abs(ref - got).max())), n_txt + len(ids)
     parity = Parity(img_diff, txt_diff, tolerance, len(images), n_txt)
     log.info(
@@ -164,74 +168,6 @@ def check_parity(
             "nothing was published"
         )
     return parity
-
-
-INT8_OP_TYPES = ["MatMul", "Gemm"]  # what dynamic quantization touches (a ViT's time is in them)
-INT8_CALIBRATION_BATCH = 32
-
-
-def _quantize_static(src: Path, dst: Path, calibration: np.ndarray) -> None:
-    """Static QDQ int8: activations uint8 with ranges calibrated (min/max) on real images, weights
-    int8 per output channel. onnxruntime fuses each QuantizeLinear/Conv/DequantizeLinear into one
-    QLinearConv, its fast int8 convolution; dynamic quantization would give ConvInteger, which
-    requantizes every activation at run time and is slower than fp32 Conv on CPU."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Batches(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.start = 0
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            if self.start >= len(calibration):
-                return None
-            x = calibration[self.start : self.start + INT8_CALIBRATION_BATCH]
-            self.start += INT8_CALIBRATION_BATCH
-            return {"pixel_values": x}
-
-    with tempfile.TemporaryDirectory(prefix="zeroshot-int8-") as tmp:  # never inside the bundle
-        pre = Path(tmp) / "preprocessed.onnx"
-        quant_pre_process(str(src), str(pre))  # shape inference + folding, as the quantizer expects
-        quantize_static(
-            str(pre),
-            str(dst),
-            Batches(),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-        )
-
-
-def quantize_image_encoder(
-    out_dir: Path, images: np.ndarray, tower: str, calibration: np.ndarray | None = None
-) -> dict[str, Any]:
-    """Write image_encoder.int8.onnx beside the fp32 encoder and measure how closely it agrees with
-    it on `images`. A ResNet tower (its time is in convolutions) is quantized statically, calibrated
-    on `calibration` (default: `images`); a ViT dynamically (MatMuls only, nothing to calibrate)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    src, dst = out_dir / IMAGE_ENCODER, out_dir / IMAGE_ENCODER_INT8
-    record: dict[str, Any] = {"file": IMAGE_ENCODER_INT8}
-    if tower == "resnet":
-        cal = np.ascontiguousarray(images if calibration is None else calibration, dtype=np.float32)
-        _quantize_static(src, dst, cal)
-        record.update(method="static", quantized_ops=["Conv", "MatMul", "Gemm"], calibration_images=len(cal))
-    else:
-        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=INT8_OP_TYPES)
-        record.update(method="dynamic", quantized_ops=INT8_OP_TYPES)
-    feats = []
-    for path in (src, dst):
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        out = sess.run(None, {"pixel_values": images})[0]
-        feats.append(out / np.linalg.norm(out, axis=1, keepdims=True))
-    cos = (feats[0] * feats[1]).sum(axis=1)
-    return {
-        **record,
-        "cosine_to_fp32_min": float(cos.min()),
-        "cosine_to_fp32_mean": float(cos.mean()),
-        "images_checked": len(images),
-    }
 
 
 def requantize_image_encoder(bundle: Bundle, out_dir: Path) -> dict[str, Any]:
@@ -265,15 +201,7 @@ def export_bundle(
     """
     cfg = model.config
     preprocess = preprocess or PreprocessConfig(image_size=cfg.vision.image_size)
-    if preprocess.image_size != cfg.vision.image_size:
-        raise ExportError(
-            f"preprocessing size {preprocess.image_size} != model image size {cfg.vision.image_size}"
-        )
-    if tokenizer.vocab_size > cfg.text.vocab_size or tokenizer.eot_id != cfg.text.eot_id:
-        raise ExportError(
-            f"tokenizer (vocab {tokenizer.vocab_size}, eot {tokenizer.eot_id}) does not fit the model "
-            f"(vocab {cfg.text.vocab_size}, eot {cfg.text.eot_id})"
-        )
+    _check_fit(model, tokenizer, preprocess)
     texts = list(sample_texts)
     half = max(1, len(texts) // 2)
     token_batches = [tokenizer.encode_batch(texts[:half]), tokenizer.encode_batch(texts[half:], pad_to=None)]
@@ -292,7 +220,31 @@ def export_bundle(
             extra["int8"] = quantize_image_encoder(tmp, images, cfg.vision.kind, calibration)
         return extra
 
-    manifest = {
+    manifest = {**_manifest(model, tokenizer, preprocess), **(extra_manifest or {})}
+    model_dir = Path(model_dir)
+    bundle = write_bundle(model_dir, version or new_version(), manifest, write_files)
+    if publish:
+        set_current(model_dir, bundle.version)
+    return bundle
+
+
+def _check_fit(model: CLIP, tokenizer: ClipTokenizer, preprocess: PreprocessConfig) -> None:
+    cfg = model.config
+    if preprocess.image_size != cfg.vision.image_size:
+        raise ExportError(
+            f"preprocessing size {preprocess.image_size} != model image size {cfg.vision.image_size}"
+        )
+    if tokenizer.vocab_size > cfg.text.vocab_size or tokenizer.eot_id != cfg.text.eot_id:
+        raise ExportError(
+            f"tokenizer (vocab {tokenizer.vocab_size}, eot {tokenizer.eot_id}) does not fit the model "
+            f"(vocab {cfg.text.vocab_size}, eot {cfg.text.eot_id})"
+        )
+
+
+def _manifest(model: CLIP, tokenizer: ClipTokenizer, preprocess: PreprocessConfig) -> dict[str, Any]:
+    """What the server needs to know of the model (the bundle contract, docs/architecture.md)."""
+    cfg = model.config
+    return {
         "architecture": {
             "embed_dim": cfg.embed_dim,
             "image_size": cfg.vision.image_size,
@@ -311,13 +263,7 @@ def export_bundle(
             "text_input": "input_ids",
             "dtype": "float32",
         },
-        **(extra_manifest or {}),
     }
-    model_dir = Path(model_dir)
-    bundle = write_bundle(model_dir, version or new_version(), manifest, write_files)
-    if publish:
-        set_current(model_dir, bundle.version)
-    return bundle
 
 
 def sample_inputs(image_size: int, n_images: int = 8) -> tuple[np.ndarray, list[str]]:
@@ -326,9 +272,9 @@ def sample_inputs(image_size: int, n_images: int = 8) -> tuple[np.ndarray, list[
     Few images suffice (a ViT-L/14 at 336 px takes seconds per image on a small CPU, and 8 already
     cover every op); many prompts, since the text encoder's sequence axis is dynamic.
     """
+    from model.bundle.preprocess import preprocess_image
+    from model.bundle.prompts import fill, get_templates
     from model.data.synthetic import SyntheticShapes, all_classes, class_name
-    from model.preprocess import preprocess_image
-    from model.prompts import fill, get_templates
 
     pre = PreprocessConfig(image_size=image_size)
     shapes = SyntheticShapes(image_size=image_size, seed=7, split="all", length=n_images)

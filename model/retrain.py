@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from model.bundle import Bundle, BundleError, current_bundle, new_version, set_current
+from model.bundle.format import Bundle, BundleError, current_bundle, new_version, set_current
 from model.checkpoints import BEST, LAST, TrainError
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def _served(model_dir: Path) -> Bundle | None:
 
 def retrain(cfg: RetrainConfig, force: bool = False, say: Any = print) -> int:
     """Run the loop; returns PUBLISHED or REFUSED. `say` reports each stage (stdout by default)."""
-    from model.export import export_checkpoint
+    from model.export import describe_parity, export_checkpoint
     from model.train import TrainConfig, train
 
     model_dir = Path(cfg.model_dir)
@@ -139,11 +139,7 @@ def retrain(cfg: RetrainConfig, force: bool = False, say: Any = print) -> int:
         int8=cfg.int8,
         calibration_folder=cfg.int8_calibration,
     )
-    parity = new.manifest["parity"]
-    say(
-        f"    bundle {new.version}: ONNX vs torch max abs diff {parity['image_max_abs_diff']:.1e} (image), "
-        f"{parity['text_max_abs_diff']:.1e} (text)"
-    )
+    say(f"    bundle {new.version}: {describe_parity(new.manifest['parity'])}")
     key = cfg.metric_key
     say(f"3/4 eval {key} on {cfg.eval.get('folder') or 'synthetic held-out classes'}")
     new_score = evaluate(new, cfg, write=True)
@@ -151,6 +147,19 @@ def retrain(cfg: RetrainConfig, force: bool = False, say: Any = print) -> int:
     say(f"    new {new.version}: {100 * new_score:.2f}%")
     if served is not None and old_score is not None:
         say(f"    served {served.version}: {100 * old_score:.2f}%")
+    return _gate(cfg, model_dir, new, new_score, old_score, force, say)
+
+
+def _gate(
+    cfg: RetrainConfig,
+    model_dir: Path,
+    new: Bundle,
+    new_score: float,
+    old_score: float | None,
+    force: bool,
+    say: Any,
+) -> int:
+    """Publish the new bundle unless it is worse than the served one by more than the margin."""
     floor = None if old_score is None else old_score - cfg.margin
     if floor is None or new_score >= floor or force:
         set_current(model_dir, new.version)

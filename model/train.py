@@ -13,20 +13,19 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
 from model import distributed as dd
+from model.bundle.tokenizer import ClipTokenizer
 from model.checkpoints import (
     BEST,
     LAST,
@@ -38,68 +37,14 @@ from model.checkpoints import (
     save_checkpoint,
 )
 from model.clip import CLIP, CLIPConfig, build_model, get_preset, with_image_size
-from model.data.synthetic import SyntheticShapes, all_classes, class_name
 from model.loss import MAX_LOGIT_SCALE, contrastive_loss
-from model.preprocess import PreprocessConfig, preprocess_image
-from model.prompts import fill, get_templates
-from model.tokenizer import ClipTokenizer
+from model.train_config import TrainConfig
+from model.train_eval import best_key, run_eval
 from model.train_logs import MetricsLog, plot_curves
 
 __all__ = ["TrainConfig", "TrainError", "load_checkpoint", "model_from_checkpoint", "train"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    preset: str = "tiny"
-    # data: synthetic | csv | folder | webdataset (model/data); data_path: the file, folder or shards;
-    # data_options: per-source options (csv image_key/caption_key/separator, folder templates)
-    data: str = "synthetic"
-    data_path: str | None = None
-    data_options: dict[str, Any] = field(default_factory=dict)
-    out_dir: str = "runs/default"
-    # 450 x 256 images, about 4 minutes on 2 CPU cores. Measured against 900 x 128 (the same images):
-    # held-out top-1 93-99% over three runs instead of 84-100%: larger batches, more negatives.
-    steps: int = 450
-    batch_size: int = 256  # the global batch: all ranks and accumulation steps together
-    accum_steps: int = 1  # micro-batches per step; the loss still sees the whole batch as negatives
-    lr: float = 2e-3
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.02
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.98)  # the paper's; 0.98 is steadier for large-batch contrastive
-    eps: float = 1e-6
-    seed: int = 0
-    precision: Literal["fp32", "bf16"] = "bf16"  # bf16 autocast, on CPU and CUDA alike
-    device: str = "auto"  # auto: CUDA when there is one
-    image_size: int | None = None  # None: the preset's
-    num_workers: int = 1
-    threads: int | None = None  # torch intra-op threads; None: all cores
-    grad_clip: float | None = 1.0
-    grad_checkpointing: bool = False  # recompute transformer blocks in backward: less memory, more time
-    compile: bool = False  # torch.compile the model
-    init_from: str | None = None  # fine-tune: a checkpoint, run folder or bundle (model/checkpoints.py)
-    lock_image: bool = False  # LiT: freeze the image tower, train the text tower to match it
-    checkpoint_every: int = 300
-    keep_checkpoints: int = 3  # step-N.pt copies kept besides last.pt and best.pt
-    eval_every: int = 50
-    eval_images: int = 360
-    eval_folder: str | None = None  # an image folder of classes to evaluate on (non-synthetic data)
-    eval_templates: str = "default"
-    max_minutes: float | None = None  # stop early (and checkpoint) when the time is up
-    tensorboard: bool = True
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise TrainError(f"unknown train config keys: {', '.join(sorted(unknown))}")
-        d = dict(d)
-        if "betas" in d:
-            d["betas"] = tuple(d["betas"])
-        return cls(**d)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -129,92 +74,6 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
 def model_config(cfg: TrainConfig) -> CLIPConfig:
     mcfg = get_preset(cfg.preset)
     return with_image_size(mcfg, cfg.image_size) if cfg.image_size else mcfg
-
-
-@torch.no_grad()
-def class_text_features(
-    model: CLIP, tokenizer: ClipTokenizer, names: Sequence[str], templates: Sequence[str]
-) -> torch.Tensor:
-    """[C, E] prompt-ensembled class embeddings, as the server builds them (normalize, mean, normalize)."""
-    device = model.logit_scale.device
-    ids = torch.from_numpy(tokenizer.encode_batch([p for n in names for p in fill(templates, n)])).to(device)
-    text = F.normalize(model.encode_text(ids).float(), dim=-1).view(len(names), len(templates), -1).mean(1)
-    return F.normalize(text, dim=-1)
-
-
-@torch.no_grad()
-def top1(model: CLIP, pixels: torch.Tensor, targets: torch.Tensor, text: torch.Tensor) -> float:
-    device = model.logit_scale.device
-    hits = 0
-    for i in range(0, len(pixels), 128):
-        img = F.normalize(model.encode_image(pixels[i : i + 128].to(device)).float(), dim=-1)
-        hits += int(((img @ text.T).argmax(-1).cpu() == targets[i : i + 128]).sum())
-    return hits / len(pixels)
-
-
-@torch.no_grad()
-def synthetic_eval(model: CLIP, tokenizer: ClipTokenizer, cfg: TrainConfig) -> dict[str, float]:
-    """Zero-shot top-1 among all colour-shape classes, in torch, on fixed held-out and seen images."""
-    classes = all_classes()
-    text = class_text_features(
-        model, tokenizer, [class_name(*c) for c in classes], get_templates("synthetic")
-    )
-    out = {}
-    size = model.config.vision.image_size
-    pre = PreprocessConfig(image_size=size)
-    for split in ("heldout", "seen"):
-        shapes = SyntheticShapes(image_size=size, seed=cfg.seed + 1000, split=split, length=cfg.eval_images)
-        samples = [shapes[i] for i in range(len(shapes))]
-        pixels = torch.from_numpy(np.stack([preprocess_image(s.image, pre) for s in samples]))
-        target = torch.tensor([classes.index((s.colour, s.shape)) for s in samples])
-        out[f"{split}_top1"] = top1(model, pixels, target, text)
-    return out
-
-
-@torch.no_grad()
-def folder_eval(model: CLIP, tokenizer: ClipTokenizer, cfg: TrainConfig) -> dict[str, float]:
-    """Zero-shot top-1 on cfg.eval_folder's classes (up to cfg.eval_images images, spread evenly over
-    the sorted files so every class is in it); unreadable images are left out."""
-    from model.data.files import load_image_file, scan_image_folder
-
-    assert cfg.eval_folder
-    index = scan_image_folder(cfg.eval_folder)
-    stride = max(1, len(index.samples) // max(1, cfg.eval_images))
-    pre = PreprocessConfig(image_size=model.config.vision.image_size)
-    pixels, targets = [], []
-    for path, label in index.samples[::stride][: cfg.eval_images]:
-        try:
-            pixels.append(load_image_file(path, pre))
-        except Exception as e:  # a corrupt eval image must not end a long run
-            log.warning("eval: skipping %s (%s)", path, e)
-            continue
-        targets.append(label)
-    if not pixels:
-        return {}
-    text = class_text_features(model, tokenizer, list(index.classes), get_templates(cfg.eval_templates))
-    return {"eval_top1": top1(model, torch.from_numpy(np.stack(pixels)), torch.tensor(targets), text)}
-
-
-def run_eval(model: CLIP, tokenizer: ClipTokenizer, cfg: TrainConfig) -> dict[str, float]:
-    """The eval a run reports: synthetic held-out/seen classes, or the eval folder's classes."""
-    was_training = model.training
-    model.eval()
-    try:
-        if cfg.eval_folder:
-            return folder_eval(model, tokenizer, cfg)
-        if cfg.data == "synthetic":
-            return synthetic_eval(model, tokenizer, cfg)
-        return {}
-    finally:
-        model.train(was_training)
-        if cfg.lock_image:
-            model.visual.eval()
-
-
-def best_key(cfg: TrainConfig) -> str | None:
-    if cfg.eval_folder:
-        return "eval_top1"
-    return "heldout_top1" if cfg.data == "synthetic" else None
 
 
 def checkpoint_state(
@@ -415,6 +274,29 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, stop_after: int | 
     return ckdir / LAST
 
 
+def _optimize(
+    cfg: TrainConfig,
+    model: nn.Module,
+    raw: CLIP,
+    opt: torch.optim.Optimizer,
+    micro: list[tuple[torch.Tensor, torch.Tensor]],
+    d: dd.Dist,
+    autocast: Any,
+    lr: float,
+) -> float:
+    """One optimizer step at learning rate lr on one global batch; returns its loss."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss = train_step(model, raw, micro, d, autocast)
+    if cfg.grad_clip:
+        nn.utils.clip_grad_norm_([p for p in raw.parameters() if p.requires_grad], cfg.grad_clip)
+    opt.step()
+    with torch.no_grad():  # keep exp(t) <= 100 in the parameter itself, as OpenAI does
+        raw.logit_scale.clamp_(0, math.log(MAX_LOGIT_SCALE))
+    return loss
+
+
 def _loop(
     cfg: TrainConfig,
     d: dd.Dist,
@@ -437,20 +319,11 @@ def _loop(
     )
     t0, key = time.perf_counter(), best_key(cfg)
     seen = skipped_total = 0
-    params = [p for p in raw.parameters() if p.requires_grad]
     for step, (micro, skipped) in enumerate(_batches(loader, cfg.accum_steps, device), start=start):
         if step >= cfg.steps:  # a webdataset source never ends by itself
             break
         lr = lr_at(step, cfg)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        loss = train_step(model, raw, micro, d, autocast)
-        if cfg.grad_clip:
-            nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        with torch.no_grad():  # keep exp(t) <= 100 in the parameter itself, as OpenAI does
-            raw.logit_scale.clamp_(0, math.log(MAX_LOGIT_SCALE))
+        loss = _optimize(cfg, model, raw, opt, micro, d, autocast, lr)
         done = step + 1
         timed_out = cfg.max_minutes is not None and time.perf_counter() - t0 > cfg.max_minutes * 60
         skipped_all, stop_votes = _agree([float(skipped), float(timed_out)], d)

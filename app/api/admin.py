@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
-from starlette.concurrency import run_in_threadpool
+from fastapi import APIRouter
 
 from app.api.auth import Admin
-from app.api.errors import ApiError
+from app.api.deps import EngineDep
 from app.api.schemas import ERRORS
 
 router = APIRouter()
@@ -20,10 +19,6 @@ router = APIRouter()
     dependencies=[Admin],
     responses={**ERRORS, 409: {"description": "the new bundle was refused; the old one keeps serving"}},
 )
-async def reload(request: Request) -> dict[str, Any]:
-    holder = request.app.state.holder
-    result = await run_in_threadpool(holder.reload)
-    if result.error:
-        serving = holder.runtime.bundle.version if holder.runtime else None
-        raise ApiError(409, "reload_failed", result.error, {"serving": serving})
+async def reload(engine: EngineDep) -> dict[str, Any]:
+    result = await engine.reload()
     return {"changed": result.changed, "version": result.version}

@@ -45,22 +45,21 @@ async def require_api_key(request: Request) -> None:
     given = _given(request)
     if not given:
         raise ApiError(
-            401, "unauthorized", "an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key'"
+            "unauthorized", "an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key'"
         )
     if not _matches(given, secrets):
-        raise ApiError(401, "unauthorized", "the API key is not valid")
+        raise ApiError("unauthorized", "the API key is not valid")
 
 
 async def require_admin(request: Request) -> None:
     token = request.app.state.settings.admin_token
     if not token:
         raise ApiError(
-            403,
             "admin_disabled",
             "this route needs the admin token, and none is configured: set ZEROSHOT_ADMIN_TOKEN",
         )
     if not _matches(_given(request), [token]):
-        raise ApiError(401, "unauthorized", "a valid admin token is required (Authorization: Bearer ...)")
+        raise ApiError("unauthorized", "a valid admin token is required (Authorization: Bearer ...)")
 
 
 ApiKey = Depends(require_api_key)

@@ -5,26 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from starlette.concurrency import run_in_threadpool
 
-from app.api import deps
 from app.api.auth import ApiKey
-from app.api.classify import check_token_lengths
-from app.api.errors import ApiError
-from app.api.inputs import (
-    JSON,
-    MULTIPART,
-    URLENCODED,
-    ImagesIn,
-    check_labels,
-    content_type,
-    read_form,
-    read_json,
-)
+from app.api.body import JSON, MULTIPART, base64_images, body_kind, read_form, read_json, uploaded_images
+from app.api.deps import EngineDep, SettingsDep
+from app.api.fields import check_labels
 from app.api.schemas import ERRORS, IMAGE_ENCODING, EmbeddingsResponse, ImagesJson, TextsJson
-from model.prompts import resolve_templates
+from app.runtime.engine import Embeddings
 
 router = APIRouter(dependencies=[ApiKey])
+
+IMAGES_MULTIPART = {
+    "type": "object",
+    "required": ["image"],
+    "properties": {"image": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+}
 
 
 @router.post(
@@ -36,39 +31,19 @@ router = APIRouter(dependencies=[ApiKey])
         "requestBody": {
             "required": True,
             "content": {
-                MULTIPART: {
-                    "schema": {
-                        "type": "object",
-                        "required": ["image"],
-                        "properties": {
-                            "image": {"type": "array", "items": {"type": "string", "format": "binary"}}
-                        },
-                    },
-                    "encoding": IMAGE_ENCODING,
-                },
+                MULTIPART: {"schema": IMAGES_MULTIPART, "encoding": IMAGE_ENCODING},
                 JSON: {"schema": ImagesJson.model_json_schema()},
             },
         }
     },
 )
-async def image_embeddings(request: Request) -> dict[str, Any]:
-    rt = deps.get_runtime(request)
-    s = deps.settings(request)
-    batcher = deps.batcher(request)
-    with batcher.announce() as coming:  # admission: 503 at once when full, body unread
-        kind = content_type(request)
-        if kind in (MULTIPART, URLENCODED):
-            images = await ImagesIn.from_uploads((await read_form(request, s)).getlist("image"), s)
-        elif kind == JSON:
-            images = ImagesIn.from_base64((await read_json(request, ImagesJson)).images, s)
+async def image_embeddings(request: Request, engine: EngineDep, s: SettingsDep) -> dict[str, Any]:
+    with engine.admit() as ticket:  # 503 at once when the queue is full, before the body is read
+        if body_kind(request, MULTIPART, JSON) == MULTIPART:
+            files = await uploaded_images((await read_form(request, s)).getlist("image"), s)
         else:
-            raise ApiError(
-                415, "unsupported_media_type", f"send {MULTIPART} or {JSON}, not {kind or 'nothing'}"
-            )
-        pixels = await images.pixels(rt.encoders.preprocess, s)
-        items = batcher.submit(rt, pixels, s.queue_timeout_s, coming)
-    feats = await batcher.wait(items)
-    return {"model": deps.model_ref(rt), "dim": int(feats.shape[1]), "embeddings": feats.tolist()}
+            files = base64_images((await read_json(request, ImagesJson)).images, s)
+        return to_json(await engine.embed_images(files, ticket))
 
 
 @router.post(
@@ -80,18 +55,12 @@ async def image_embeddings(request: Request) -> dict[str, Any]:
         "requestBody": {"required": True, "content": {JSON: {"schema": TextsJson.model_json_schema()}}}
     },
 )
-async def text_embeddings(request: Request) -> dict[str, Any]:
-    rt = deps.get_runtime(request)
-    s = deps.settings(request)
-    if content_type(request) != JSON:
-        raise ApiError(415, "unsupported_media_type", f"send {JSON}")
+async def text_embeddings(request: Request, engine: EngineDep, s: SettingsDep) -> dict[str, Any]:
+    body_kind(request, JSON)
     body = await read_json(request, TextsJson)
     texts = check_labels(body.texts, s.max_labels_per_request, what="text")
-    if body.templates is None:
-        check_token_lengths(rt, texts, ("{}",))
-        feats = await run_in_threadpool(rt.encoders.encode_texts, texts)
-    else:
-        tmpl = resolve_templates(body.templates)
-        check_token_lengths(rt, texts, tmpl)
-        feats = await run_in_threadpool(rt.label_matrix, texts, tmpl)
-    return {"model": deps.model_ref(rt), "dim": int(feats.shape[1]), "embeddings": feats.tolist()}
+    return to_json(await engine.embed_texts(texts, body.templates))
+
+
+def to_json(e: Embeddings) -> dict[str, Any]:
+    return {"model": e.model, "dim": int(e.features.shape[1]), "embeddings": e.features.tolist()}

@@ -5,20 +5,15 @@ Changes need the admin token; reading needs an API key (when keys are configured
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from fastapi import APIRouter, Request
-from starlette.concurrency import run_in_threadpool
 
-from app.api import deps
 from app.api.auth import Admin, ApiKey
-from app.api.classify import check_token_lengths
-from app.api.errors import ApiError
-from app.api.inputs import JSON, check_labels, content_type, read_json
+from app.api.body import JSON, body_kind, read_json
+from app.api.deps import EngineDep, SettingsDep
+from app.api.fields import check_labels
 from app.api.schemas import ERRORS, ErrorResponse, LabelSetPut
-from app.runtime.label_sets import check_name
-from model.prompts import TEMPLATE_SETS, resolve_templates
 
 router = APIRouter()
 
@@ -26,17 +21,15 @@ router = APIRouter()
 @router.get(
     "/v1/label-sets", summary="List the registered label sets", dependencies=[ApiKey], responses=ERRORS
 )
-async def list_sets(request: Request) -> dict[str, Any]:
-    sets = await run_in_threadpool(deps.label_sets(request).list)
-    return {"label_sets": [ls.summary() for ls in sets]}
+async def list_sets(engine: EngineDep) -> dict[str, Any]:
+    return {"label_sets": [ls.summary() for ls in await engine.list_label_sets()]}
 
 
 @router.get(
     "/v1/label-sets/{name}", summary="One label set, with its labels", dependencies=[ApiKey], responses=ERRORS
 )
-async def get_set(request: Request, name: str) -> dict[str, Any]:
-    ls = await run_in_threadpool(deps.label_sets(request).get, name)
-    return ls.to_json()
+async def get_set(name: str, engine: EngineDep) -> dict[str, Any]:
+    return (await engine.get_label_set(name)).to_json()
 
 
 @router.put(
@@ -53,34 +46,18 @@ async def get_set(request: Request, name: str) -> dict[str, Any]:
         "requestBody": {"required": True, "content": {JSON: {"schema": LabelSetPut.model_json_schema()}}}
     },
 )
-async def put_set(request: Request, name: str) -> dict[str, Any]:
-    check_name(name)
-    if content_type(request) != JSON:
-        raise ApiError(415, "unsupported_media_type", f"send {JSON}")
+async def put_set(request: Request, name: str, engine: EngineDep, s: SettingsDep) -> dict[str, Any]:
+    body_kind(request, JSON)
     body = await read_json(request, LabelSetPut)
-    s = deps.settings(request)
     labels = check_labels(body.labels, s.max_labels_per_request)
-    templates = resolve_templates(body.templates)
-    set_name = body.templates if isinstance(body.templates, str) and body.templates in TEMPLATE_SETS else None
-    if body.templates is None:
-        set_name = "default"
-    rt = deps.get_runtime(request)
-    check_token_lengths(rt, labels, templates)
-    store = deps.label_sets(request)
-    t = time.perf_counter()
-    ls = await run_in_threadpool(store.put, name, labels, templates, set_name)
-    _, source = await run_in_threadpool(store.matrix, rt, ls)
+    stored = await engine.put_label_set(name, labels, body.templates)
     return {
-        **ls.summary(),
-        "embeddings": {
-            "model": deps.model_ref(rt),
-            "source": source,
-            "build_ms": round(1000 * (time.perf_counter() - t), 1),
-        },
+        **stored.label_set.summary(),
+        "embeddings": {"model": stored.model, "source": stored.source, "build_ms": stored.build_ms},
     }
 
 
 @router.delete("/v1/label-sets/{name}", summary="Delete a label set", dependencies=[Admin], responses=ERRORS)
-async def delete_set(request: Request, name: str) -> dict[str, Any]:
-    await run_in_threadpool(deps.label_sets(request).delete, name)
+async def delete_set(name: str, engine: EngineDep) -> dict[str, Any]:
+    await engine.delete_label_set(name)
     return {"deleted": name}

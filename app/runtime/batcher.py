@@ -29,6 +29,8 @@ from typing import Protocol
 
 import numpy as np
 
+from app.runtime.errors import DeadlineExceeded, QueueFull
+
 log = logging.getLogger(__name__)
 
 
@@ -36,17 +38,12 @@ class ImageModel(Protocol):
     def encode_images(self, pixel_values: np.ndarray) -> np.ndarray: ...
 
 
-class QueueFull(Exception):
-    """The queue holds max_queue images already."""
-
-
-class DeadlineExceeded(Exception):
-    """The request waited in the queue past its deadline and was dropped unencoded."""
-
-
 @dataclass
 class Announcement:
+    """A request admitted at the door and on its way to the queue (see `announce`)."""
+
     done: bool = False
+    started: float = field(default_factory=time.perf_counter)  # when it was admitted
 
 
 @dataclass
@@ -104,7 +101,10 @@ class ImageBatcher:
         with self._lock:
             if self._pending + n > self.max_queue:
                 self.rejected += 1
-                raise QueueFull(f"{self._pending} images are queued; the queue holds {self.max_queue}")
+                raise QueueFull(
+                    f"the server is busy: {self._pending} images are queued; the queue holds "
+                    f"{self.max_queue}; retry later"
+                )
             self._pending += n
         now = time.monotonic()
         items = [
@@ -129,8 +129,8 @@ class ImageBatcher:
         if self._pending + self._incoming >= self.max_queue:  # each request counts one image at least
             self.rejected += 1
             raise QueueFull(
-                f"{self._pending} images are queued and {self._incoming} requests on their way; "
-                f"the queue holds {self.max_queue}"
+                f"the server is busy: {self._pending} images are queued and {self._incoming} requests "
+                f"on their way; the queue holds {self.max_queue}; retry later"
             )
         a = Announcement()
         self._incoming += 1
@@ -203,7 +203,12 @@ class ImageBatcher:
                 self._release(it)
             elif now > it.deadline:
                 self.expired += 1
-                self._fail(it, DeadlineExceeded(f"waited {now - it.enqueued:.1f} s in the queue"))
+                self._fail(
+                    it,
+                    DeadlineExceeded(
+                        f"the request was dropped unprocessed: waited {now - it.enqueued:.1f} s in the queue"
+                    ),
+                )
             else:
                 live.append(it)
         if not live:

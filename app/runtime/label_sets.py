@@ -3,7 +3,8 @@
 <label_sets_dir>/<name>.json                    the definition (labels, templates)
 <label_sets_dir>/<name>.<sha16>.<digest16>.npy  its label matrix for one bundle (sha) and definition
 A restart, or another replica sharing the folder, loads the matrix instead of encoding it again.
-Files are written to a temporary name and renamed, so a reader never sees half a file.
+Files are replaced atomically (model/bundle/atomic.py), so a reader never sees half a file. The store
+knows files only; which matrix a request gets (memory, disk or encoded) is app/runtime/labels.py's.
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ import errno
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,19 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from app.runtime.service import ModelRuntime
+from app.runtime.errors import LabelSetError
+from model.bundle.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 # A full disk, a quota or a file-size limit: the storage refuses the bytes (507), retrying won't help
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-
-
-class LabelSetError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
 
 
 @dataclass(frozen=True)
@@ -71,10 +65,9 @@ class LabelSet:
 def check_name(name: str) -> str:
     if not NAME.match(name):
         raise LabelSetError(
-            422,
-            "invalid_label_set_name",
             f"label set name {name[:80]!r} must be 1-64 letters, digits, '-' or '_', starting with a "
             "letter or digit",
+            code="invalid_label_set_name",
         )
     return name
 
@@ -105,17 +98,6 @@ def _matrix_problem(m: np.ndarray, shape: tuple[int, int]) -> str | None:
     return None
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class LabelSetStore:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -139,16 +121,15 @@ class LabelSetStore:
         )
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            _atomic_write(self._file(name), lambda f: f.write(json.dumps(ls.to_json(), indent=1).encode()))
+            atomic_write(self._file(name), lambda f: f.write(json.dumps(ls.to_json(), indent=1).encode()))
         except OSError as e:  # nothing changed: the old definition (if any) stays, on disk and served
             if e.errno in NO_SPACE:
                 raise LabelSetError(
-                    507,
-                    "insufficient_storage",
                     f"no space left to store label set {name!r} in {self.root}: {e.strerror}",
+                    code="insufficient_storage",
                 ) from None
             raise LabelSetError(
-                503, "label_sets_unwritable", f"cannot write {self.root}: {e.strerror}"
+                f"cannot write {self.root}: {e.strerror}", code="label_sets_unwritable"
             ) from None
         for old in self._matrices(name):  # matrices of an earlier definition of this name
             if not old.name.endswith(f".{ls.digest[:16]}.npy"):
@@ -168,19 +149,18 @@ class LabelSetStore:
             self._parsed[name] = (stamp, ls)
             return ls
         except FileNotFoundError:
-            raise LabelSetError(404, "label_set_not_found", f"no label set named {name!r}") from None
+            raise LabelSetError(f"no label set named {name!r}", code="label_set_not_found") from None
         except OSError as e:
             log.error("label set file %s is unreadable: %s", path, e)
             raise LabelSetError(
-                503, "label_set_unreadable", f"label set {name!r} cannot be read: {e.strerror}"
+                f"label set {name!r} cannot be read: {e.strerror}", code="label_set_unreadable"
             ) from None
         # damaged on disk: not JSON, not UTF-8 (a ValueError), missing keys or of the wrong types
         except (ValueError, KeyError, TypeError) as e:
             log.error("label set file %s is damaged: %s: %s", path, type(e).__name__, e)
             raise LabelSetError(
-                503,
-                "label_set_unreadable",
                 f"label set {name!r} cannot be read: its stored file is damaged; register it again (PUT)",
+                code="label_set_unreadable",
             ) from None
 
     def list(self) -> list[LabelSet]:
@@ -197,36 +177,36 @@ class LabelSetStore:
     def delete(self, name: str) -> None:
         path = self._file(name)
         if not path.exists():
-            raise LabelSetError(404, "label_set_not_found", f"no label set named {name!r}")
+            raise LabelSetError(f"no label set named {name!r}", code="label_set_not_found")
         path.unlink()
         self._parsed.pop(name, None)
         for m in self._matrices(name):
             m.unlink(missing_ok=True)
 
-    def matrix(self, runtime: ModelRuntime, ls: LabelSet) -> tuple[np.ndarray, str]:
-        """The set's label matrix for this runtime and where it came from: memory, disk or encoded.
-        Blocking (may encode): call off the event loop unless cached_set() answered."""
-        cache = runtime.cache
-        m = cache.cached_set(runtime.sha, ls.labels, ls.templates)
-        if m is not None:
-            return m, "memory"
-        path = self.root / f"{ls.name}.{runtime.sha[:16]}.{ls.digest[:16]}.npy"
-        if path.exists():
-            try:  # np.load raises EOFError for an empty file, ValueError for a truncated or foreign one
-                m = np.load(path, allow_pickle=False)
-                problem = _matrix_problem(m, (len(ls.labels), runtime.encoders.embed_dim))
-                if problem is None:
-                    cache.put_set(runtime.sha, ls.labels, ls.templates, m)
-                    return m, "disk"
-                log.warning("%s %s: encoding the set again", path, problem)
-            except (OSError, ValueError, EOFError) as e:
-                log.warning("%s is unreadable (%s: %s): encoding the set again", path, type(e).__name__, e)
-        log.info(
-            "label set %s: encoding %d labels x %d templates", ls.name, len(ls.labels), len(ls.templates)
-        )
-        m = runtime.label_matrix(ls.labels, ls.templates)
+    def _matrix_file(self, ls: LabelSet, sha: str) -> Path:
+        return self.root / f"{ls.name}.{sha[:16]}.{ls.digest[:16]}.npy"
+
+    def load_matrix(self, ls: LabelSet, sha: str, dim: int) -> np.ndarray | None:
+        """The set's stored matrix for the bundle `sha`, or None when there is none or it is damaged
+        (then it is logged, and the caller encodes the set again)."""
+        path = self._matrix_file(ls, sha)
+        if not path.exists():
+            return None
+        try:  # np.load raises EOFError for an empty file, ValueError for a truncated or foreign one
+            m = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            log.warning("%s is unreadable (%s: %s): encoding the set again", path, type(e).__name__, e)
+            return None
+        problem = _matrix_problem(m, (len(ls.labels), dim))
+        if problem is not None:
+            log.warning("%s %s: encoding the set again", path, problem)
+            return None
+        return m
+
+    def save_matrix(self, ls: LabelSet, sha: str, m: np.ndarray) -> None:
+        """Store the matrix for a restart or another replica; a failure only costs that (logged)."""
+        path = self._matrix_file(ls, sha)
         try:
-            _atomic_write(path, lambda f: np.save(f, m, allow_pickle=False))
+            atomic_write(path, lambda f: np.save(f, m, allow_pickle=False))
         except OSError as e:  # serve from memory; the next start encodes it again
             log.warning("cannot persist %s: %s", path, e)
-        return m, "encoded"

@@ -1,8 +1,9 @@
-"""Hot reload: watch models/<name>/CURRENT and swap in a new bundle once it is loaded and warm.
+"""Hot reload: watch models/<name>/CURRENT and swap in a new model once it is loaded and warm.
 
-A new bundle is validated, loaded and warmed beside the old one, then swapped in with one attribute
-assignment; a request holds the runtime it started with, so requests in flight finish on their model.
-A bundle that fails to load is refused and reported, and the old model keeps serving.
+A new version is loaded (by the runtime factory: validated, its sessions opened) and warmed beside
+the old one, then swapped in with one attribute assignment; a request holds the runtime it started
+with, so requests in flight finish on their model. A version that fails to load is refused and
+reported, and the old model keeps serving.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from pathlib import Path
 
 from starlette.concurrency import run_in_threadpool
 
-from app.runtime.service import LabelCache, ModelRuntime
+from app.runtime.model import ModelRuntime, RuntimeFactory, warm_up
 from app.settings import Settings
-from model.bundle import BundleError, read_current
+from model.bundle.format import BundleError, read_current
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +33,8 @@ class ReloadResult:
 class ModelHolder:
     """The runtime being served, swapped atomically; at most one load runs at a time."""
 
-    def __init__(self, settings: Settings, cache: LabelCache | None = None) -> None:
-        self.settings = settings
-        self.cache = cache if cache is not None else LabelCache(settings.label_cache_bytes)
+    def __init__(self, settings: Settings, factory: RuntimeFactory) -> None:
+        self.settings, self.factory = settings, factory
         self.runtime: ModelRuntime | None = None
         self.error: str | None = "the model is still loading"
         self._lock = threading.Lock()
@@ -51,21 +51,17 @@ class ModelHolder:
             except BundleError as e:
                 self.error = str(e)
                 return ReloadResult(False, None, self.error)
-            if self.runtime is not None and self.runtime.bundle.version == version:
+            if self.runtime is not None and self.runtime.version == version:
                 return ReloadResult(False, version)
             try:
-                fresh = ModelRuntime(self.settings, version, self.cache)
+                fresh = self.factory(self.settings, version)
+                warm_up(fresh, self.settings.max_batch)
             except Exception as e:  # a broken bundle must never take the serving model down
                 self.error = f"version {version} refused: {e}"
                 log.error("reload refused: %s", self.error)
                 return ReloadResult(False, version, self.error)
             old, self.runtime, self.error = self.runtime, fresh, None
-            log.info(
-                "now serving %s/%s (was %s)",
-                fresh.bundle.name,
-                version,
-                old.bundle.version if old else "nothing",
-            )
+            log.info("now serving %s/%s (was %s)", fresh.name, version, old.version if old else "nothing")
             return ReloadResult(True, version)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.preprocess import ImageError, PreprocessConfig, preprocess_bytes
+from model.bundle.preprocess import ImageError, PreprocessConfig, preprocess_bytes
 
 __all__ = [
     "IMAGE_EXTENSIONS",

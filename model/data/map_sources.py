@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
+from model.bundle.preprocess import PreprocessConfig, preprocess_image
+from model.bundle.prompts import DEFAULT_SET, TemplateError, fill, load_templates
 from model.data.files import (
     ITEM_ERRORS,
     MAX_CONSECUTIVE_FAILURES,
@@ -27,8 +29,6 @@ from model.data.files import (
     warn_unreadable,
 )
 from model.data.synthetic import SyntheticShapes
-from model.preprocess import PreprocessConfig, preprocess_image
-from model.prompts import DEFAULT_SET, TemplateError, fill, load_templates
 
 __all__ = ["CsvPairs", "ImageFolderPairs", "MapPairs", "SyntheticPairs"]
 

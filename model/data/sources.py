@@ -8,10 +8,10 @@ from typing import Any, TypeAlias
 import numpy as np
 import torch
 
+from model.bundle.tokenizer import ClipTokenizer
 from model.data.files import DataError, Pair
 from model.data.map_sources import CsvPairs, ImageFolderPairs, MapPairs, SyntheticPairs
 from model.data.webdataset_pairs import DEFAULT_IMAGE_KEYS, WebDatasetPairs
-from model.tokenizer import ClipTokenizer
 
 __all__ = ["KINDS", "PairSource", "collate_pairs", "open_source"]
 

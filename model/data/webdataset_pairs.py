@@ -53,6 +53,7 @@ from webdataset import filters as wds_filters
 from webdataset.shardlists import expand_urls
 from webdataset.tariterators import base_plus_ext
 
+from model.bundle.preprocess import PreprocessConfig, preprocess_bytes
 from model.data.files import (
     ITEM_ERRORS,
     MAX_CONSECUTIVE_FAILURES,
@@ -61,7 +62,6 @@ from model.data.files import (
     UnreadableItem,
     warn_unreadable,
 )
-from model.preprocess import PreprocessConfig, preprocess_bytes
 
 __all__ = ["WebDatasetPairs", "expand_shards"]
 

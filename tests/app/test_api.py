@@ -1,4 +1,5 @@
-"""The HTTP API over the default model, through FastAPI's TestClient (lifespan included)."""
+"""The HTTP API through FastAPI's TestClient (lifespan included): the routes and their errors over the
+fake encoder (tests/fakes.py), and what the default model answers over HTTP."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from app.main import create_app
 from app.settings import Settings
 from model.data.synthetic import SyntheticShapes, all_classes, class_name
 from tests.conftest import DEFAULT_MODEL_DIR
+from tests.fakes import fake_app
 
 CLASSES = [class_name(*c) for c in all_classes()]
 
@@ -33,7 +35,16 @@ def settings(**kw: object) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def client() -> Iterator[TestClient]:
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """The routes over the fake encoder: no trained bundle needed."""
+    app = fake_app(tmp_path_factory.mktemp("api"), max_labels_per_request=50, max_upload_bytes=64 * 1024)
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def real_client() -> Iterator[TestClient]:
+    """The default model, for what only a trained model can show."""
     with TestClient(create_app(settings(max_labels_per_request=50, max_upload_bytes=64 * 1024))) as c:
         yield c
 
@@ -46,7 +57,8 @@ def classify(client: TestClient, images: list[bytes], labels: list[str] | str, *
     return r.json()
 
 
-def test_held_out_and_seen_images_are_classified_over_http(client: TestClient) -> None:
+def test_held_out_and_seen_images_are_classified_over_http(real_client: TestClient) -> None:
+    client = real_client
     held = SyntheticShapes(64, seed=4242, split="heldout", length=12)
     seen = SyntheticShapes(64, seed=4242, split="seen", length=12)
     for data, need in ((held, 10), (seen, 12)):
@@ -135,7 +147,8 @@ def test_too_many_images(client: TestClient) -> None:
     )
 
 
-def test_health_ready_and_models(client: TestClient) -> None:
+def test_health_ready_and_models(real_client: TestClient) -> None:
+    client = real_client
     assert client.get("/readyz").json() == {"status": "ready"}
     m = client.get("/v1/models").json()
     assert m["name"] == "default" and m["architecture"]["embed_dim"] == 128

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-from model.bundle import current_bundle, set_current
+from model.bundle.format import current_bundle, set_current
 from model.data.synthetic import SyntheticShapes
 from tests.conftest import DEFAULT_MODEL_DIR
 

@@ -1,5 +1,6 @@
 """The service's HTTP features beyond one classify call: JSON bodies, label sets, embeddings, metrics,
-API keys, the label cache, the batcher under concurrent requests, and overload."""
+API keys, the label cache, the batcher under concurrent requests, and overload. Route behaviour runs
+over the fake encoder (tests/fakes.py); what needs a trained model runs over the default one."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from app.main import create_app
 from app.settings import Settings
 from model.data.synthetic import SyntheticShapes
 from tests.app.test_api import CLASSES, png
+from tests.fakes import fake_runtime, fake_settings
 from tests.servers import service_settings
 
 ADMIN = {"Authorization": "Bearer admin-token-123"}
@@ -34,9 +36,20 @@ def make_settings(tmp: Path, **kw: Any) -> Settings:
     return service_settings(tmp, **{"admin_token": "admin-token-123", **kw})
 
 
+def make_fake(tmp: Path, **kw: Any) -> Settings:
+    """Settings for the fake encoder (tests/fakes.py): no trained bundle needed."""
+    return fake_settings(tmp, **{"admin_token": "admin-token-123", **kw})
+
+
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    with TestClient(create_app(make_settings(tmp_path_factory.mktemp("svc")))) as c:
+    with TestClient(create_app(make_fake(tmp_path_factory.mktemp("svc")), fake_runtime)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def real_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    with TestClient(create_app(make_settings(tmp_path_factory.mktemp("svc-real")))) as c:
         yield c
 
 
@@ -97,8 +110,8 @@ def test_bad_json_and_bodies_get_clear_errors(
 
 
 def test_an_oversized_body_is_refused_before_it_is_read(tmp_path: Path) -> None:
-    s = make_settings(tmp_path, max_upload_bytes=4096, max_images_per_request=1, max_queue=8)
-    with TestClient(create_app(s)) as c:
+    s = make_fake(tmp_path, max_upload_bytes=4096, max_images_per_request=1, max_queue=8)
+    with TestClient(create_app(s, fake_runtime)) as c:
         r = c.post(
             "/v1/classify", content=b"0" * 4 * 1024 * 1024, headers={"content-type": "application/json"}
         )
@@ -148,13 +161,14 @@ def test_label_sets_register_persist_and_survive_a_restart(tmp_path: Path) -> No
 
 
 def test_label_set_changes_are_off_without_an_admin_token(tmp_path: Path) -> None:
-    with TestClient(create_app(make_settings(tmp_path, admin_token=None))) as c:
+    with TestClient(create_app(make_fake(tmp_path, admin_token=None), fake_runtime)) as c:
         r = c.put("/v1/label-sets/x", json={"labels": ["a"]})
         assert r.status_code == 403 and r.json()["error"]["code"] == "admin_disabled"
         assert c.get("/v1/label-sets").json() == {"label_sets": []}
 
 
-def test_embeddings_agree_with_classify(client: TestClient) -> None:
+def test_embeddings_agree_with_classify(real_client: TestClient) -> None:
+    client = real_client
     img = png(SEEN[1].image)
     ri = client.post("/v1/embeddings/images", files=[("image", ("a.png", img, "image/png"))])
     rj = client.post("/v1/embeddings/images", json={"images": [b64(img)]})
@@ -231,10 +245,10 @@ def test_metrics_count_requests_batches_and_the_model(client: TestClient) -> Non
 
 
 def test_api_keys_guard_v1_but_not_health_or_metrics(tmp_path: Path) -> None:
-    s = make_settings(tmp_path, api_keys="key-one,key-two")
+    s = make_fake(tmp_path, api_keys="key-one,key-two")
     assert s.api_keys == frozenset({"key-one", "key-two"})
     img = png(SEEN[0].image)
-    with TestClient(create_app(s)) as c:
+    with TestClient(create_app(s, fake_runtime)) as c:
         for headers in ({}, {"Authorization": "Bearer nope"}, {"X-API-Key": "key-on"}):
             r = c.post(
                 "/v1/classify",
@@ -280,7 +294,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(tmp_path: 
 def gate_encoder(c: TestClient, entered: threading.Event | None = None) -> threading.Event:
     """Hold the served model's image encoder until the returned event is set; `entered` is set once
     a batch is being held (its composition is then final)."""
-    rt = c.app.state.holder.runtime  # type: ignore[attr-defined]
+    rt = c.app.state.engine.holder.runtime  # type: ignore[attr-defined]
     gate, real = threading.Event(), rt.encode_images
 
     def gated(pixels: np.ndarray) -> np.ndarray:
@@ -294,10 +308,10 @@ def gate_encoder(c: TestClient, entered: threading.Event | None = None) -> threa
 
 
 def test_a_full_queue_answers_503_with_retry_after_and_stays_healthy(tmp_path: Path) -> None:
-    s = make_settings(tmp_path, max_queue=2, max_images_per_request=2, retry_after_s=3)
+    s = make_fake(tmp_path, max_queue=2, max_images_per_request=2, retry_after_s=3)
     img = png(SEEN[0].image)
-    with TestClient(create_app(s)) as c:
-        batcher = c.app.state.batcher  # type: ignore[attr-defined]
+    with TestClient(create_app(s, fake_runtime)) as c:
+        batcher = c.app.state.engine.batcher  # type: ignore[attr-defined]
         gate = gate_encoder(c)
         with ThreadPoolExecutor(2) as pool:
             waiting = [pool.submit(multipart, c, [img], ["a", "b"]) for _ in range(2)]
@@ -317,10 +331,10 @@ def test_a_full_queue_answers_503_with_retry_after_and_stays_healthy(tmp_path: P
 
 
 def test_a_request_past_its_deadline_is_dropped_with_503(tmp_path: Path) -> None:
-    s = make_settings(tmp_path, queue_timeout_s=0.2)
+    s = make_fake(tmp_path, queue_timeout_s=0.2)
     img = png(SEEN[0].image)
-    with TestClient(create_app(s)) as c:
-        batcher = c.app.state.batcher  # type: ignore[attr-defined]
+    with TestClient(create_app(s, fake_runtime)) as c:
+        batcher = c.app.state.engine.batcher  # type: ignore[attr-defined]
         entered = threading.Event()
         gate = gate_encoder(c, entered)
         with ThreadPoolExecutor(2) as pool:
@@ -344,10 +358,10 @@ def test_a_request_past_its_deadline_is_dropped_with_503(tmp_path: Path) -> None
 
 
 def test_draining_makes_readyz_fail_first(tmp_path: Path) -> None:
-    app = create_app(make_settings(tmp_path))
+    app = create_app(make_fake(tmp_path), fake_runtime)
     with TestClient(app) as c:
         assert c.get("/readyz").status_code == 200
-        app.state.draining = True
+        app.state.engine.draining = True
         r = c.get("/readyz")
         assert r.status_code == 503 and r.json()["error"]["code"] == "draining"
         assert c.get("/healthz").status_code == 200
@@ -356,7 +370,7 @@ def test_draining_makes_readyz_fail_first(tmp_path: Path) -> None:
 def test_a_large_label_set_builds_with_progress_while_other_requests_are_served(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="app.runtime.service")
+    caplog.set_level(logging.INFO, logger="app.runtime.label_cache")
     labels = [f"object number {i}" for i in range(1000)]
     img = png(SEEN[0].image)
     with TestClient(create_app(make_settings(tmp_path))) as c:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from model.bundle import (
+from model.bundle.format import (
     CURRENT,
     BundleError,
     current_bundle,
@@ -97,7 +97,8 @@ def test_manifest_version_must_match_its_folder(tmp_path: Path) -> None:
 
 def test_a_bundle_is_readable_by_other_users(tmp_path: Path) -> None:
     """A server in a container runs as another uid than the trainer: nothing may be owner-only."""
-    from model.bundle import _UMASK, update_eval
+    from model.bundle.atomic import _UMASK
+    from model.bundle.format import update_eval
 
     b = write_bundle(tmp_path / "m", "v1", MANIFEST, _write)
     set_current(tmp_path / "m", "v1")

@@ -17,11 +17,11 @@ import pytest
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from model.bundle.preprocess import PreprocessConfig, preprocess_bytes, preprocess_image
+from model.bundle.prompts import fill, get_templates
+from model.bundle.tokenizer import ClipTokenizer
 from model.data import DataError, WebDatasetPairs, collate_pairs, open_source
 from model.data.synthetic import SyntheticShapes
-from model.preprocess import PreprocessConfig, preprocess_bytes, preprocess_image
-from model.prompts import fill, get_templates
-from model.tokenizer import ClipTokenizer
 
 SIZE = 32
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from model.bundle import current_bundle
+from model.bundle.format import current_bundle
 from model.evaluate import evaluate_synthetic
 from tests.conftest import DEFAULT_MODEL_DIR
 

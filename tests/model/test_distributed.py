@@ -25,8 +25,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from model import distributed as dd
+from model.bundle.tokenizer import ClipTokenizer
 from model.clip import build_model
-from model.tokenizer import ClipTokenizer
 from model.train import TrainConfig, make_optimizer, train_step
 from tests.servers import free_port
 

@@ -19,11 +19,11 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-from model.bundle import current_bundle, set_current
+from model.bundle.format import current_bundle, set_current
+from model.bundle.prompts import TemplateError, get_templates, load_templates
 from model.cli import main
 from model.data.synthetic import all_classes
 from model.evaluate import evaluate_folder, format_report
-from model.prompts import TemplateError, get_templates, load_templates
 from tests.conftest import DEFAULT_MODEL_DIR, make_shape_folder
 
 PER_CLASS = 3

@@ -11,16 +11,16 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from app.runtime.classifier import label_matrix
-from app.runtime.encoders import OnnxEncoders, l2_normalize
-from model.bundle import CURRENT, IMAGE_ENCODER_INT8, current_bundle, load_bundle, read_current
+from model.bundle.encoders import OnnxEncoders, l2_normalize
+from model.bundle.format import CURRENT, IMAGE_ENCODER_INT8, current_bundle, load_bundle, read_current
+from model.bundle.preprocess import PreprocessConfig, preprocess_image
+from model.bundle.prompts import get_templates
+from model.bundle.tokenizer import ClipTokenizer
+from model.bundle.zeroshot import label_matrix
 from model.clip import build_model
 from model.data.synthetic import SyntheticShapes, all_classes, class_name
 from model.evaluate import EVAL_SEED
 from model.export import ExportError, export_bundle, requantize_image_encoder
-from model.preprocess import PreprocessConfig, preprocess_image
-from model.prompts import get_templates
-from model.tokenizer import ClipTokenizer
 from tests.conftest import DEFAULT_MODEL_DIR
 from tests.servers import require_default_model
 
@@ -116,7 +116,7 @@ def int8_graph_ops(path: Path) -> set[str]:
 def test_int8_image_encoder_is_exported_measured_and_served_only_when_present(
     tiny: torch.nn.Module, images: np.ndarray, tmp_path: Path
 ) -> None:
-    from model.bundle import BundleError
+    from model.bundle.format import BundleError
 
     tok = ClipTokenizer.clip_bpe()
     b = export_bundle(tiny, tok, tmp_path / "q", images, TEXTS, version="v1", int8=True)
@@ -181,3 +181,28 @@ def test_int8_default_model_agrees_with_fp32_on_its_eval(tmp_path: Path) -> None
     agreement = ((a @ matrix.T).argmax(1) == (b @ matrix.T).argmax(1)).mean()
     assert agreement >= 0.99, agreement
     assert (a * b).sum(axis=1).mean() > 0.999
+
+
+def test_training_eval_and_zeroshot_eval_score_the_same_images_the_same_way(
+    tiny: torch.nn.Module, images: np.ndarray, tmp_path: Path
+) -> None:
+    """The eval a run logs (torch) and `zeroshot eval` of its bundle (ONNX) are one path: the same
+    images, prompts and maths, so they predict the same class for (nearly) every image."""
+    from model.evaluate import synthetic_report
+    from model.torch_encoders import TorchEncoders
+    from model.train_config import TrainConfig
+    from model.train_eval import run_eval
+
+    tok = ClipTokenizer.clip_bpe()
+    b = export_bundle(tiny, tok, tmp_path / "m", images, TEXTS, version="v1")
+    n = 60
+    torch_side = synthetic_report(TorchEncoders(tiny, tok), n, n, ("synthetic",))["results"]["synthetic"]
+    onnx_side = synthetic_report(OnnxEncoders(b, device="cpu"), n, n, ("synthetic",))["results"]["synthetic"]
+    for split in ("heldout", "seen"):
+        a, o = torch_side[split], onnx_side[split]
+        assert a["images"] == o["images"] == n
+        assert abs(a["top1"] - o["top1"]) <= 1 / n, (split, a["top1"], o["top1"])
+        differ = [c for c in a["per_class_top1"] if a["per_class_top1"][c] != o["per_class_top1"][c]]
+        assert len(differ) <= 1, differ  # a near-tie may flip one image, no more
+    logged = run_eval(tiny, tok, TrainConfig(eval_images=n))
+    assert logged == {"heldout_top1": torch_side["heldout"]["top1"], "seen_top1": torch_side["seen"]["top1"]}

@@ -28,14 +28,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from app.runtime.encoders import OnnxEncoders
-from model.bundle import Bundle, current_bundle, load_bundle
+from model.bundle.encoders import OnnxEncoders
+from model.bundle.format import Bundle, current_bundle, load_bundle
+from model.bundle.preprocess import PreprocessConfig, preprocess_image
+from model.bundle.prompts import fill, get_templates
+from model.bundle.tokenizer import ClipTokenizer
 from model.cli import main
 from model.clip import CLIP, PRESETS, CLIPConfig, TextConfig, VisionConfig
 from model.importer import load_published
-from model.preprocess import PreprocessConfig, preprocess_image
-from model.prompts import fill, get_templates
-from model.tokenizer import ClipTokenizer
 from model.train import load_checkpoint, model_from_checkpoint
 from model.weights import config_from_openai
 from tests.conftest import ROOT, photos

@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from app.runtime.encoders import OnnxEncoders
+from model.bundle.encoders import OnnxEncoders
+from model.bundle.preprocess import PreprocessConfig, preprocess_image
+from model.bundle.prompts import fill, get_templates
+from model.bundle.tokenizer import ClipTokenizer
 from model.export import export_bundle
-from model.preprocess import PreprocessConfig, preprocess_image
-from model.prompts import fill, get_templates
-from model.tokenizer import ClipTokenizer
 from model.weights import model_from_hf
 from tests.conftest import photos
 

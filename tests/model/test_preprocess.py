@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from model.preprocess import (
+from model.bundle.preprocess import (
     CLIP_MEAN,
     CLIP_STD,
     DEFAULT_FORMATS,
@@ -482,7 +482,7 @@ def test_property_any_input_gives_array_or_image_error(
 
 
 def test_jpeg_draft_decodes_smaller_but_never_below_the_input_size() -> None:
-    from model.preprocess import PreprocessConfig, decode_image, preprocess_bytes
+    from model.bundle.preprocess import PreprocessConfig, decode_image, preprocess_bytes
 
     rng = np.random.default_rng(0)
     smooth = Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).resize((1000, 700))

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from model.prompts import (
+from model.bundle.prompts import (
     TEMPLATE_SETS,
     TemplateError,
     fill,

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from model.bundle import current_bundle, read_current, set_current
+from model.bundle.format import current_bundle, read_current, set_current
 from model.cli import main
 from model.retrain import PUBLISHED, REFUSED
 from tests.conftest import DEFAULT_MODEL_DIR, ROOT, make_shape_folder

@@ -13,7 +13,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from model.tokenizer import SPLIT_PATTERN, ClipTokenizer
+from model.bundle.tokenizer import SPLIT_PATTERN, ClipTokenizer
 
 SOT, EOT, L = 49406, 49407, 77
 N_RANDOM = 1500

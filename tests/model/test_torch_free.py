@@ -14,9 +14,9 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize(
     "modules",
     [
-        "model.bundle, model.tokenizer, model.preprocess, model.prompts",
-        # the ONNX encoders, the classifier maths and `zeroshot eval` also run without torch
-        "app.runtime.encoders, app.runtime.classifier, model.evaluate, model.data.synthetic",
+        "model.bundle.format, model.bundle.tokenizer, model.bundle.preprocess, model.bundle.prompts",
+        # the ONNX encoders, the zero-shot maths and `zeroshot eval` also run without torch
+        "model.bundle.encoders, model.bundle.zeroshot, model.evaluate, model.data.synthetic",
         "app.main, app.serve",  # the whole service, and how `zeroshot serve` runs it
     ],
 )

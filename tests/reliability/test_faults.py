@@ -45,7 +45,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.bundle import (
+from model.bundle.format import (
     CURRENT,
     IMAGE_ENCODER,
     MANIFEST,

@@ -2,7 +2,7 @@
 
 A template is a string with exactly one ``{}`` where the label goes. The server fills every
 template of a set for each label, encodes the prompts and averages the normalized text features
-(CLIP's prompt ensembling, see DESIGN.md). Training and serving import the same sets from here,
+(CLIP's prompt ensembling, docs/architecture.md). Training and serving import the same sets from here,
 so the prompts a model is evaluated with are the prompts it is served with.
 
 Torch-free and stdlib-only: ``app`` imports this module.

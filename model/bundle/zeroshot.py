@@ -1,19 +1,25 @@
-"""Zero-shot classification maths shared by the server and `zeroshot eval`. Torch-free."""
+"""Zero-shot classification maths, shared by the server, `zeroshot eval` and training-time eval.
+
+Given any encoders (the bundle's ONNX ones, a torch model behind the same interface, or a fake): the
+prompt-ensembled label matrix, cosine similarities, softmax probabilities and the top-k ranking.
+Torch-free.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from app.runtime.encoders import OnnxEncoders, l2_normalize
-from model.prompts import fill
+from model.bundle.encoders import TextEncoder, l2_normalize
+from model.bundle.prompts import fill
 
 Progress = Callable[[int, int], None]  # (prompts done, prompts in all)
 
 
 def label_matrix(
-    encoders: OnnxEncoders,
+    encoders: TextEncoder,
     labels: Sequence[str],
     templates: Sequence[str],
     batch_size: int = 256,
@@ -48,3 +54,33 @@ def scores(
     logits -= logits.max(axis=1, keepdims=True)
     e = np.exp(logits)
     return cosine, (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+@dataclass
+class LabelScore:
+    label: str
+    probability: float
+    cosine: float
+
+
+def top_k_order(row: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest values of a row, largest first; ties keep their order."""
+    if k < len(row):
+        top = np.argpartition(-row, k - 1)[:k]
+        return top[np.argsort(-row[top], kind="stable")]
+    return np.argsort(-row, kind="stable")
+
+
+def rank(
+    image_features: np.ndarray,
+    labels: Sequence[str],
+    labels_matrix: np.ndarray,
+    logit_scale: float,
+    top_k: int,
+) -> list[list[LabelScore]]:
+    """Image features [B, E] against a label matrix [N, E]: the top_k labels per image by cosine."""
+    cosine, prob = scores(image_features, labels_matrix, logit_scale)
+    return [
+        [LabelScore(labels[i], float(row_p[i]), float(row_c[i])) for i in top_k_order(row_c, top_k)]
+        for row_c, row_p in zip(cosine, prob, strict=True)
+    ]

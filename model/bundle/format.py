@@ -1,4 +1,4 @@
-"""Model bundles: the one contract between training and serving (see DESIGN.md).
+"""Model bundles: the one contract between training and serving (docs/architecture.md).
 
 A bundle is a folder ``models/<name>/<version>/`` holding two ONNX encoders, the tokenizer and a
 manifest; ``models/<name>/CURRENT`` names the version to serve. Bundles are written to a temporary
@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from model.bundle.atomic import atomic_write_text, fsync_dir, readable
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -30,6 +32,7 @@ IMAGE_ENCODER = "image_encoder.onnx"
 TEXT_ENCODER = "text_encoder.onnx"
 IMAGE_ENCODER_INT8 = "image_encoder.int8.onnx"  # optional: `zeroshot export --int8`
 TOKENIZER = "tokenizer.json"
+EVAL = "eval.json"  # beside the hashed files: `zeroshot eval` may rewrite it
 CURRENT = "CURRENT"
 TMP_PREFIX = ".tmp-"  # bundles being written: never a version (versions start with a letter or digit)
 REQUIRED_FILES = (IMAGE_ENCODER, TEXT_ENCODER, TOKENIZER)
@@ -70,14 +73,6 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @dataclass(frozen=True)
 class Bundle:
     """A validated bundle on disk."""
@@ -110,7 +105,7 @@ class Bundle:
         return self.path / name
 
     def eval_results(self) -> dict[str, Any] | None:
-        p = self.path / "eval.json"
+        p = self.path / EVAL
         if not p.exists():
             return None
         try:
@@ -176,34 +171,13 @@ def current_bundle(model_dir: str | Path, verify_hashes: bool = True) -> Bundle:
     return load_bundle(model_dir / read_current(model_dir), verify_hashes)
 
 
-_UMASK = os.umask(0o022)  # read once, at import (os.umask can only be read by setting it)
-os.umask(_UMASK)
-
-
-def _readable(path: str | Path, folder: bool = False) -> None:
-    """Give what we write the permissions the umask would (mkstemp/mkdtemp make them owner-only),
-    so a server running as another user (a container's uid) can read a bundle the trainer wrote."""
-    os.chmod(path, (0o777 if folder else 0o666) & ~_UMASK)
-
-
 def set_current(model_dir: str | Path, version: str) -> None:
-    """Point CURRENT at a version atomically (write a temporary file, then rename over)."""
+    """Point CURRENT at a version atomically (model/bundle/atomic.py)."""
     model_dir = Path(model_dir)
     check_name("version", version)
     if not (model_dir / version / MANIFEST).is_file():
         raise BundleError(f"cannot publish {model_dir / version}: it is not a bundle")
-    fd, tmp = tempfile.mkstemp(prefix=".CURRENT.", dir=model_dir)
-    try:
-        _readable(tmp)
-        with os.fdopen(fd, "w") as f:
-            f.write(version + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, model_dir / CURRENT)
-        _fsync_dir(model_dir)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(model_dir / CURRENT, version + "\n")
     log.info("published %s as CURRENT of %s", version, model_dir)
 
 
@@ -276,7 +250,7 @@ def write_bundle(
     remove_abandoned(model_dir)
     tmp, lock = _locked_tmpdir(model_dir, version)
     try:
-        _readable(tmp, folder=True)
+        readable(tmp, folder=True)
         extra = write_files(tmp) or {}
         files = {}
         for f in sorted(tmp.iterdir()):
@@ -293,13 +267,13 @@ def write_bundle(
         }
         (tmp / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
         for f in tmp.iterdir():
-            _readable(f)
+            readable(f)
         for f in tmp.iterdir():
             with f.open("rb") as fh:
                 os.fsync(fh.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         os.rename(tmp, target)
-        _fsync_dir(model_dir)
+        fsync_dir(model_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -311,10 +285,4 @@ def write_bundle(
 
 def update_eval(bundle: Bundle, results: Mapping[str, Any]) -> None:
     """Write eval.json beside a bundle (not part of the hashed files: it may be refreshed later)."""
-    p = bundle.path / "eval.json"
-    fd, tmp = tempfile.mkstemp(prefix=".eval.", dir=bundle.path)
-    _readable(tmp)
-    with os.fdopen(fd, "w") as f:
-        json.dump(results, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, p)
+    atomic_write_text(bundle.path / EVAL, json.dumps(results, indent=2, sort_keys=True) + "\n")

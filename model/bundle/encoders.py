@@ -1,5 +1,7 @@
 """ONNX Runtime encoders over a model bundle: the one code path that turns pixels and token ids into
-features, used by the server and by `zeroshot eval` / `zeroshot export` alike. Torch-free."""
+features, used by the server and by `zeroshot eval` / `zeroshot export` alike; and the interface
+(`Encoders`) that every encoder offers, so the zero-shot maths, the server and the evaluation run
+unchanged on a torch model during training or on a fake in the API tests. Torch-free."""
 
 from __future__ import annotations
 
@@ -8,19 +10,73 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import onnxruntime as ort
 
-from model.bundle import IMAGE_ENCODER, IMAGE_ENCODER_INT8, TEXT_ENCODER, TOKENIZER, Bundle, BundleError
-from model.preprocess import PreprocessConfig
-from model.tokenizer import ClipTokenizer
+from model.bundle.format import (
+    IMAGE_ENCODER,
+    IMAGE_ENCODER_INT8,
+    TEXT_ENCODER,
+    TOKENIZER,
+    Bundle,
+    BundleError,
+)
+from model.bundle.preprocess import PreprocessConfig
+from model.bundle.tokenizer import ClipTokenizer
 
 log = logging.getLogger(__name__)
 
+CPU = ("CPUExecutionProvider",)
+
 Device = Literal["auto", "cuda", "cpu"]
 ImagePrecision = Literal["fp32", "int8"]  # which image encoder of a bundle: int8 needs export --int8
+
+
+class TextEncoder(Protocol):
+    """Texts -> L2-normalized features: what prompt ensembling (model/bundle/zeroshot.py) needs."""
+
+    @property
+    def embed_dim(self) -> int: ...
+
+    def encode_texts(
+        self, texts: Sequence[str], batch_size: int = 256, pad_to: int | None = None
+    ) -> np.ndarray: ...
+
+
+class Encoders(TextEncoder, Protocol):
+    """Everything the server and the evaluation need from a model: both towers, the tokenizer that
+    feeds the text tower, and the preprocessing that feeds the image tower."""
+
+    @property
+    def tokenizer(self) -> ClipTokenizer: ...
+
+    @property
+    def preprocess(self) -> PreprocessConfig: ...
+
+    @property
+    def provider(self) -> str: ...
+
+    @property
+    def image_precision(self) -> str: ...
+
+    def encode_images(self, pixel_values: np.ndarray) -> np.ndarray: ...
+
+
+def open_session(
+    path: Path, opts: ort.SessionOptions | None = None, providers: Sequence[str] = CPU
+) -> ort.InferenceSession:
+    """An onnxruntime session of one file; a file it cannot load is a BundleError naming the file."""
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=list(providers))
+    except Exception as e:  # onnxruntime raises its own untyped errors for a bad file
+        raise BundleError(f"{path} cannot be loaded by onnxruntime: {e}") from None
+
+
+def run_normalized(session: ort.InferenceSession, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """The session's first output, L2-normalized along its last axis, as float32."""
+    return l2_normalize(session.run(None, inputs)[0].astype(np.float32, copy=False))
 
 
 def choose_providers(device: Device) -> list[str]:
@@ -94,11 +150,7 @@ class OnnxEncoders:
         )
 
     def _session(self, name: str, opts: ort.SessionOptions) -> ort.InferenceSession:
-        path = self.bundle.file(name)
-        try:
-            return ort.InferenceSession(str(path), sess_options=opts, providers=self.providers)
-        except Exception as e:  # onnxruntime raises its own untyped errors for a bad file
-            raise BundleError(f"{path} cannot be loaded by onnxruntime: {e}") from None
+        return open_session(self.bundle.file(name), opts, self.providers)
 
     def _check_signatures(self) -> None:
         """Refuse a bundle whose encoders do not have the shapes the manifest promises."""
@@ -127,13 +179,13 @@ class OnnxEncoders:
 
     def encode_images(self, pixel_values: np.ndarray) -> np.ndarray:
         """[B, 3, S, S] float32 -> [B, E] L2-normalized float32."""
-        out = self.image_session.run(None, {"pixel_values": np.ascontiguousarray(pixel_values, np.float32)})
-        return l2_normalize(out[0].astype(np.float32, copy=False))
+        return run_normalized(
+            self.image_session, {"pixel_values": np.ascontiguousarray(pixel_values, np.float32)}
+        )
 
     def encode_token_ids(self, input_ids: np.ndarray) -> np.ndarray:
         """[B, L] int64 -> [B, E] L2-normalized float32."""
-        out = self.text_session.run(None, {"input_ids": np.ascontiguousarray(input_ids, np.int64)})
-        return l2_normalize(out[0].astype(np.float32, copy=False))
+        return run_normalized(self.text_session, {"input_ids": np.ascontiguousarray(input_ids, np.int64)})
 
     def encode_texts(
         self, texts: Sequence[str], batch_size: int = 256, pad_to: int | None = None

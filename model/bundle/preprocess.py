@@ -35,7 +35,9 @@ _BOMB_SIZE = re.compile(r"\((\d+) pixels\)")
 
 
 class ImageError(ValueError):
-    """A client-side problem with an uploaded image; `status` is the HTTP status the API answers."""
+    """A client-side problem with an uploaded image. `code` names it; `status` is the HTTP status it
+    stands for, for callers outside this project. The service answers from its own table
+    (app/api/errors.py STATUS, by code), which a test holds equal to these."""
 
     code: str = "invalid_image"
     status: int = 422

@@ -1,0 +1,122 @@
+"""Reading a request body: which kind it is, JSON into a model, a multipart form, image files.
+
+Every problem becomes an ApiError with a message that says what was wrong; nothing here raises a 500.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any, TypeVar
+
+from fastapi import Request
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+from app.api.errors import ApiError
+from app.settings import Settings
+
+M = TypeVar("M", bound=BaseModel)
+
+MULTIPART, JSON = "multipart/form-data", "application/json"
+URLENCODED = "application/x-www-form-urlencoded"
+
+
+def content_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def body_kind(request: Request, *accepted: str) -> str:
+    """MULTIPART or JSON, whichever of `accepted` the request sends; 415 for anything else. A form
+    without files arrives urlencoded: it counts as multipart, so the route can say what is missing."""
+    kind = content_type(request)
+    if kind == URLENCODED and MULTIPART in accepted:
+        return MULTIPART
+    if kind in accepted:
+        return kind
+    raise ApiError("unsupported_media_type", f"send {' or '.join(accepted)}, not {kind or 'no content type'}")
+
+
+async def read_json(request: Request, model: type[M]) -> M:
+    raw = await request.body()
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ApiError("invalid_json", f"the body is not valid JSON: {e}") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        errs = [{"loc": list(x["loc"]), "msg": x["msg"]} for x in e.errors(include_url=False)]
+        where = ".".join(str(p) for p in errs[0]["loc"]) or "body"
+        raise ApiError("invalid_request", f"{where}: {errs[0]['msg']}", errs) from None
+
+
+async def read_form(request: Request, s: Settings) -> Any:
+    try:
+        return await request.form(
+            max_files=s.max_images_per_request, max_fields=s.max_labels_per_request + 16
+        )
+    except HTTPException as e:  # starlette's MultiPartException, made a 400
+        msg = str(e.detail)
+        if "Too many files" in msg:
+            raise ApiError(
+                "too_many_images", f"at most {s.max_images_per_request} images per request"
+            ) from None
+        if "Too many fields" in msg:
+            raise ApiError("too_many_fields", f"{msg} (at most {s.max_labels_per_request} labels)") from None
+        if "maximum size" in msg:
+            raise ApiError("field_too_large", f"a form field is too large: {msg}") from None
+        raise ApiError("invalid_multipart", f"the multipart body cannot be parsed: {msg}") from None
+
+
+def text_field(form: Any, name: str) -> str | None:
+    """A form field that must be text (not a file) when given."""
+    v = form.get(name)
+    if v is not None and not isinstance(v, str):
+        raise ApiError("invalid_request", f"{name} must be a text field, not a file")
+    return v
+
+
+async def uploaded_images(items: list[Any], s: Settings) -> list[bytes]:
+    """The files of the multipart field 'image', checked for count and size."""
+    if not items:
+        raise ApiError("missing_image", "send at least one image (multipart field 'image')")
+    _count(len(items), s)
+    files = []
+    for i, f in enumerate(items):
+        if not isinstance(f, UploadFile):
+            raise ApiError("invalid_image", f"image {i} is a text field; send it as a file")
+        if f.size is not None and f.size > s.max_upload_bytes:
+            raise ApiError("upload_too_large", f"image {i} is {f.size} bytes; at most {s.max_upload_bytes}")
+        data = await f.read(s.max_upload_bytes + 1)
+        if len(data) > s.max_upload_bytes:
+            raise ApiError("upload_too_large", f"image {i} is larger than {s.max_upload_bytes} bytes")
+        files.append(data)
+    return files
+
+
+def base64_images(items: list[str], s: Settings) -> list[bytes]:
+    """base64 strings (a data: URL prefix is accepted) -> the files, checked for count and size."""
+    if not items:
+        raise ApiError("missing_image", "images: send at least one base64-encoded image")
+    _count(len(items), s)
+    files = []
+    for i, text in enumerate(items):
+        if text.startswith("data:"):
+            head, _, text = text.partition(",")
+            if not head.endswith(";base64"):
+                raise ApiError("invalid_base64", f"images[{i}]: a data: URL must be ';base64,' encoded")
+        if len(text) * 3 // 4 > s.max_upload_bytes + 3:
+            raise ApiError("upload_too_large", f"images[{i}] is larger than {s.max_upload_bytes} bytes")
+        try:
+            files.append(base64.b64decode(text, validate=True))
+        except (binascii.Error, ValueError):
+            raise ApiError("invalid_base64", f"images[{i}] is not valid base64") from None
+    return files
+
+
+def _count(n: int, s: Settings) -> None:
+    if n > s.max_images_per_request:
+        raise ApiError("too_many_images", f"{n} images; at most {s.max_images_per_request} per request")

@@ -1,0 +1,60 @@
+"""Checking the fields of a request: labels (or texts) and top_k."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from app.api.errors import ApiError
+
+MAX_LABEL_CHARS = 1000  # 77 tokens are a few hundred characters at most; longer is refused unread
+
+
+def parse_labels(raw: list[str], max_labels: int, what: str = "label") -> list[str]:
+    """Repeated fields, or one field holding a JSON array of strings; non-empty, unique, printable."""
+    labels: Any = raw
+    if len(raw) == 1 and raw[0].lstrip().startswith("["):
+        try:
+            labels = json.loads(raw[0])
+        except ValueError as e:
+            raise ApiError(f"invalid_{what}s", f"{what}s is not a valid JSON array: {e}") from None
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            raise ApiError(f"invalid_{what}s", f"{what}s must be a JSON array of strings")
+    return check_labels(labels, max_labels, what)
+
+
+def check_labels(labels: list[str], max_labels: int, what: str = "label") -> list[str]:
+    """`what` is "label" or "text": the codes are invalid_labels, too_many_texts and so on."""
+    if not labels:
+        raise ApiError(f"invalid_{what}s", f"at least one {what} is required")
+    if len(labels) > max_labels:
+        raise ApiError(f"too_many_{what}s", f"{len(labels)} {what}s; at most {max_labels} per request")
+    seen: set[str] = set()
+    for i, lb in enumerate(labels):
+        if len(lb) > MAX_LABEL_CHARS:  # far past any context length: refuse before tokenizing it
+            raise ApiError(
+                "label_too_long", f"{what} {i} is {len(lb):,} characters; at most {MAX_LABEL_CHARS:,}"
+            )
+        if not lb.strip():
+            raise ApiError(f"invalid_{what}s", f"{what} {i} is empty or blank")
+        if any(ord(c) < 32 or ord(c) == 127 for c in lb):
+            raise ApiError(f"invalid_{what}s", f"{what} {lb[:40]!r} contains control characters")
+        if lb in seen:
+            raise ApiError(f"duplicate_{what}s", f"{what} {lb[:80]!r} is given more than once")
+        seen.add(lb)
+    return labels
+
+
+def parse_top_k(raw: Any) -> int | None:
+    """top_k >= 1, or None (the server's default); larger than the label count means all labels."""
+    if raw is None or raw == "":
+        return None
+    if isinstance(raw, bool):
+        raise ApiError("invalid_top_k", "top_k must be a whole number >= 1")
+    try:
+        k = int(raw)
+    except (TypeError, ValueError):
+        raise ApiError("invalid_top_k", f"top_k must be a whole number >= 1, not {str(raw)[:20]!r}") from None
+    if k < 1:
+        raise ApiError("invalid_top_k", f"top_k must be >= 1, not {k}")
+    return k

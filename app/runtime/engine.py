@@ -1,0 +1,227 @@
+"""The engine: the one object the routes call.
+
+It owns the model holder (hot reload), the image micro-batcher, the label-embedding cache and the
+label-set store, and runs every request from parsed input to a typed result: routes parse HTTP, call
+one method here and map what it returns (or raises: app/runtime/errors.py) to HTTP. Nothing here
+knows HTTP. See docs/architecture.md for one request's path through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from starlette.concurrency import run_in_threadpool
+
+from app.runtime.batcher import Announcement, ImageBatcher
+from app.runtime.errors import Draining, ModelUnavailable, ReloadFailed
+from app.runtime.images import decode_images
+from app.runtime.label_cache import LabelCache
+from app.runtime.label_sets import LabelSet, LabelSetStore, check_name
+from app.runtime.labels import LabelMatrices, LabelQuery, check_token_lengths
+from app.runtime.model import ModelRuntime, RuntimeFactory, load_runtime
+from app.runtime.reload import ModelHolder, ReloadResult, watch
+from app.settings import Settings
+from model.bundle.prompts import DEFAULT_SET, TEMPLATE_SETS, resolve_templates
+from model.bundle.zeroshot import LabelScore, rank
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """A request admitted at the door: the model it runs on from now to its answer, and its place
+    among the requests on their way to the batcher."""
+
+    runtime: ModelRuntime
+    announcement: Announcement = field(default_factory=Announcement)
+
+
+@dataclass(frozen=True)
+class ClassifyRequest:
+    images: list[bytes]  # encoded image files, as uploaded
+    labels: LabelQuery
+    top_k: int | None = None  # >= 1; None: the default; more than there are labels: all of them
+
+
+@dataclass(frozen=True)
+class ClassifyResult:
+    model: dict[str, str]
+    results: list[list[LabelScore]]  # per image, the top_k labels by cosine
+    timing_ms: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    model: dict[str, str]
+    features: np.ndarray  # [N, E], L2-normalized
+
+
+@dataclass(frozen=True)
+class LabelSetStored:
+    label_set: LabelSet
+    model: dict[str, str]
+    source: str  # where its matrix came from: memory, disk or encoded
+    build_ms: float
+
+
+class Engine:
+    def __init__(self, settings: Settings, factory: RuntimeFactory = load_runtime) -> None:
+        self.settings = settings
+        self.cache = LabelCache(settings.label_cache_bytes)
+        self.holder = ModelHolder(settings, factory)
+        self.batcher = ImageBatcher(settings.max_batch, settings.max_wait_ms, settings.max_queue)
+        self.label_sets = LabelSetStore(settings.label_sets_dir)
+        self.matrices = LabelMatrices(self.cache, self.label_sets)
+        self.draining = False  # set on SIGTERM and at shutdown: readiness fails from then on
+        self._watcher: asyncio.Task[None] | None = None
+
+    # --- lifecycle ---
+    async def start(self) -> None:
+        """Start the batcher, load and warm the model (not ready before), start watching CURRENT."""
+        self.batcher.start()
+        result = await run_in_threadpool(self.holder.reload)
+        if result.error:
+            log.error("no model loaded: %s", result.error)
+        if self.settings.reload_interval_s:
+            self._watcher = asyncio.create_task(watch(self.holder, self.settings.reload_interval_s))
+
+    async def stop(self) -> None:
+        """Fail readiness, stop watching, answer what is queued, stop the batcher."""
+        self.draining = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        await run_in_threadpool(self.batcher.close)
+
+    # --- the model served ---
+    def runtime(self) -> ModelRuntime:
+        """The runtime at the time of the call: a reload swaps the holder's, never a request's."""
+        rt = self.holder.runtime
+        if rt is None:
+            raise ModelUnavailable("no model is loaded", self.holder.error)
+        return rt
+
+    def ready(self) -> None:
+        """Raise unless the server should be sent work: a model loaded and warm, not draining."""
+        if self.draining:
+            raise Draining("the server is shutting down")
+        self.runtime()
+
+    def describe(self) -> dict[str, Any]:
+        """GET /v1/models: the model, the batcher and the label cache."""
+        s, b = self.settings, self.batcher
+        return {
+            **self.runtime().describe(),
+            "batcher": {
+                "max_batch": s.max_batch,
+                "max_wait_ms": s.max_wait_ms,
+                "max_queue": s.max_queue,
+                "queued": b.pending,
+                "batches": b.batches,
+                "images": b.images,
+                "largest_batch": b.largest_batch,
+                "rejected": b.rejected,
+                "expired": b.expired,
+            },
+            "label_cache": self.cache.stats(),
+            "reload_error": self.holder.error,
+        }
+
+    async def reload(self) -> ReloadResult:
+        result = await run_in_threadpool(self.holder.reload)
+        if result.error:
+            serving = self.holder.runtime.version if self.holder.runtime else None
+            raise ReloadFailed(result.error, {"serving": serving})
+        return result
+
+    # --- requests with images ---
+    @contextlib.contextmanager
+    def admit(self) -> Iterator[Ticket]:
+        """Admit a request before its body is read: 503 at once (QueueFull) when the queue is full,
+        so the work a server accepts is bounded end to end. Call from the event loop only."""
+        rt = self.runtime()
+        with self.batcher.announce() as announcement:
+            yield Ticket(rt, announcement)
+
+    async def classify(self, req: ClassifyRequest, ticket: Ticket) -> ClassifyResult:
+        rt, s = ticket.runtime, self.settings
+        req.labels.check()
+        named = req.labels.label_set
+        ls = None if named is None else await run_in_threadpool(self.label_sets.get, named)
+        plan = self.matrices.plan(rt, req.labels, ls)
+        k = min(req.top_k or s.default_top_k, len(plan.labels))
+        pixels = await run_in_threadpool(decode_images, req.images, rt.encoders.preprocess, s)
+        t1 = time.perf_counter()
+        encode = self._encode(rt, pixels, ticket)
+        if plan.matrix is None:  # encode the labels and the images side by side
+            (matrix, _), feats = await asyncio.gather(
+                run_in_threadpool(self.matrices.build, rt, plan), encode
+            )
+        else:
+            matrix, feats = plan.matrix, await encode
+        t2 = time.perf_counter()
+        results = rank(feats, plan.labels, matrix, rt.logit_scale, k)
+        t0 = ticket.announcement.started
+        timing = {
+            "decode_ms": round(1000 * (t1 - t0), 3),
+            "encode_ms": round(1000 * (t2 - t1), 3),
+            "total_ms": round(1000 * (time.perf_counter() - t0), 3),
+        }
+        return ClassifyResult(rt.ref, results, timing)
+
+    async def embed_images(self, files: list[bytes], ticket: Ticket) -> Embeddings:
+        rt = ticket.runtime
+        pixels = await run_in_threadpool(decode_images, files, rt.encoders.preprocess, self.settings)
+        return Embeddings(rt.ref, await self._encode(rt, pixels, ticket))
+
+    def _encode(self, rt: ModelRuntime, pixels: np.ndarray, ticket: Ticket) -> Any:
+        """Queue the images now; the awaitable of their features, [n, E]."""
+        items = self.batcher.submit(rt, pixels, self.settings.queue_timeout_s, ticket.announcement)
+        return self.batcher.wait(items)
+
+    # --- texts and label sets ---
+    async def embed_texts(self, texts: list[str], templates: str | list[str] | None) -> Embeddings:
+        """Each text as it is, or (with templates) as a label put into every template and averaged."""
+        rt = self.runtime()
+        if templates is None:
+            check_token_lengths(rt, texts, ("{}",))
+            feats = await run_in_threadpool(rt.encoders.encode_texts, texts)
+        else:
+            tmpl = resolve_templates(templates)
+            check_token_lengths(rt, texts, tmpl)
+            feats = await run_in_threadpool(self.cache.matrix, rt.encoders, rt.sha, texts, tmpl)
+        return Embeddings(rt.ref, feats)
+
+    async def put_label_set(
+        self, name: str, labels: list[str], templates: str | list[str] | None
+    ) -> LabelSetStored:
+        """Register (or replace) a set and have its matrix ready for the model served: returns when it
+        is (encoding 1,000 labels x 80 templates takes a while; other requests go on meanwhile)."""
+        check_name(name)
+        tmpl = resolve_templates(templates)
+        set_name = templates if isinstance(templates, str) and templates in TEMPLATE_SETS else None
+        rt = self.runtime()
+        check_token_lengths(rt, labels, tmpl)
+        t = time.perf_counter()
+        ls = await run_in_threadpool(
+            self.label_sets.put, name, labels, tmpl, DEFAULT_SET if templates is None else set_name
+        )
+        _, source = await run_in_threadpool(self.matrices.for_set, rt, ls)
+        return LabelSetStored(ls, rt.ref, source, round(1000 * (time.perf_counter() - t), 1))
+
+    async def get_label_set(self, name: str) -> LabelSet:
+        return await run_in_threadpool(self.label_sets.get, name)
+
+    async def list_label_sets(self) -> list[LabelSet]:
+        return await run_in_threadpool(self.label_sets.list)
+
+    async def delete_label_set(self, name: str) -> None:
+        await run_in_threadpool(self.label_sets.delete, name)

@@ -1,0 +1,56 @@
+"""What can go wrong in the engine, as domain errors: each carries a stable `code` and a message that
+says what was wrong. None of them knows HTTP: app/api/errors.py maps codes to statuses in one table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class EngineError(Exception):
+    """A request the engine cannot serve as asked; `code` names the reason (app/api/errors.py STATUS)."""
+
+    code = "invalid_request"
+
+    def __init__(self, message: str, detail: Any = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message, self.detail = message, detail
+        if code is not None:
+            self.code = code
+
+
+class InvalidRequest(EngineError):
+    """The request contradicts itself or the model (labels and a label set, a label too long...)."""
+
+
+class ModelUnavailable(EngineError):
+    """No model is loaded (still loading, or every load failed); `detail` holds the reason."""
+
+    code = "model_unavailable"
+
+
+class Draining(EngineError):
+    """The server is shutting down: readiness fails so that the balancer sends no more work."""
+
+    code = "draining"
+
+
+class QueueFull(EngineError):
+    """The queue holds max_queue images already."""
+
+    code = "overloaded"
+
+
+class DeadlineExceeded(EngineError):
+    """The request waited in the queue past its deadline and was dropped unencoded."""
+
+    code = "queue_timeout"
+
+
+class ReloadFailed(EngineError):
+    """A new version was refused; the old model keeps serving (`detail` names it)."""
+
+    code = "reload_failed"
+
+
+class LabelSetError(EngineError):
+    """A label set that is unknown, misnamed, unreadable or cannot be stored; `code` says which."""

@@ -1,0 +1,152 @@
+"""The label-embedding cache: prompt-ensembled label embeddings, LRU-bounded by bytes, shared by
+every model version served (keys carry the bundle's sha)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import numpy as np
+
+from model.bundle.encoders import TextEncoder
+from model.bundle.zeroshot import label_matrix
+
+log = logging.getLogger(__name__)
+
+Templates = tuple[str, ...]
+LabelKey = tuple[str, Templates, str]  # (bundle sha, templates, label)
+SetKey = tuple[str, Templates, tuple[str, ...]]  # (bundle sha, templates, labels in order)
+PROGRESS_PROMPTS = 8192  # builds larger than this log their progress
+
+
+class _Progress:
+    """Logs the build of a large label matrix every few seconds."""
+
+    def __init__(self, what: str, every_s: float = 2.0) -> None:
+        self.what, self.every_s = what, every_s
+        self.t0 = self.last = time.perf_counter()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if now - self.last >= self.every_s or done == total:
+            self.last = now
+            rate = done / max(now - self.t0, 1e-9)
+            log.info("%s: %d/%d prompts encoded (%.0f prompts/s)", self.what, done, total, rate)
+
+
+class LabelCache:
+    """Keyed by (bundle sha, templates, label), so label lists that share labels share work: only
+    labels not yet cached are encoded. A list's whole matrix is cached too, keyed by its labels in
+    order, so a repeated request costs one lookup. Concurrent requests for the same new list encode
+    it once."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[LabelKey | SetKey, np.ndarray] = OrderedDict()
+        self._building: dict[SetKey, threading.Event] = {}
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0  # labels
+        self.encoded_prompts = 0  # prompts run through the text encoder
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "encoded_prompts": self.encoded_prompts,
+            "entries": len(self),
+            "bytes": self.bytes,
+            "max_bytes": self.max_bytes,
+        }
+
+    def cached_set(self, sha: str, labels: Sequence[str], templates: Templates) -> np.ndarray | None:
+        """The whole matrix of a label list seen before, or None (cheap: call it on the event loop)."""
+        key: SetKey = (sha, templates, tuple(labels))
+        with self._lock:
+            m = self._items.get(key)
+            if m is not None:
+                self._items.move_to_end(key)
+                self.hits += len(labels)
+            return m
+
+    def put_set(self, sha: str, labels: Sequence[str], templates: Templates, matrix: np.ndarray) -> None:
+        with self._lock:
+            self._put((sha, templates, tuple(labels)), matrix)
+
+    def matrix(
+        self, encoder: TextEncoder, sha: str, labels: Sequence[str], templates: Templates
+    ) -> np.ndarray:
+        """[len(labels), E] normalized label embeddings: cached, or built (blocking)."""
+        m = self.cached_set(sha, labels, templates)
+        return m if m is not None else self.build(encoder, sha, labels, templates)
+
+    def build(
+        self, encoder: TextEncoder, sha: str, labels: Sequence[str], templates: Templates
+    ) -> np.ndarray:
+        """Build a list's matrix whose lookup just missed, encoding only the labels not cached; if
+        another request is building the same list, wait for its result instead (blocking)."""
+        key: SetKey = (sha, templates, tuple(labels))
+        with self._lock:
+            building = self._building.get(key)
+            if building is None:
+                self._building[key] = threading.Event()
+        if building is not None:  # another request is encoding this very list: wait for its result
+            building.wait()
+            m = self.cached_set(sha, labels, templates)
+            return m if m is not None else self._build(encoder, sha, labels, templates, None)
+        try:
+            return self._build(encoder, sha, labels, templates, key)
+        finally:
+            with self._lock:
+                self._building.pop(key).set()
+
+    def _build(
+        self,
+        encoder: TextEncoder,
+        sha: str,
+        labels: Sequence[str],
+        templates: Templates,
+        key: SetKey | None,
+    ) -> np.ndarray:
+        with self._lock:
+            found = {lb: self._items.get((sha, templates, lb)) for lb in labels}
+            for lb, v in found.items():
+                if v is not None:
+                    self._items.move_to_end((sha, templates, lb))
+            missing = [lb for lb, v in found.items() if v is None]
+            self.hits += len(labels) - len(missing)
+            self.misses += len(missing)
+        if missing:  # encode outside the lock: other requests keep being served meanwhile
+            n = len(missing) * len(templates)
+            what = f"{len(missing)} labels x {len(templates)} templates"
+            progress = _Progress(what) if n > PROGRESS_PROMPTS else None
+            fresh = label_matrix(encoder, missing, templates, progress=progress)
+            with self._lock:
+                self.encoded_prompts += n
+                for lb, vec in zip(missing, fresh, strict=True):
+                    found[lb] = vec
+                    self._put((sha, templates, lb), vec)
+        m = np.stack([found[lb] for lb in labels])  # type: ignore[misc]
+        if key is not None:
+            with self._lock:
+                self._put(key, m)
+        return m
+
+    def _put(self, key: LabelKey | SetKey, vec: np.ndarray) -> None:
+        if key in self._items or vec.nbytes > self.max_bytes:
+            return
+        self._items[key] = vec
+        self._bytes += vec.nbytes
+        while self._bytes > self.max_bytes and self._items:
+            _, old = self._items.popitem(last=False)
+            self._bytes -= old.nbytes

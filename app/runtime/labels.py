@@ -1,0 +1,105 @@
+"""Which labels a request is scored against, and where their matrix comes from.
+
+A request names either its own labels (with templates) or a registered label set. `plan` turns that
+into a LabelPlan: the labels, the templates, and the matrix when memory already holds it (one lookup,
+cheap enough for the event loop). `build` makes a missing matrix (blocking): a label set's from its
+stored file when there is one, else by encoding only the labels the cache lacks; a label set's new
+matrix is stored for a restart or another replica.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from app.runtime.errors import InvalidRequest
+from app.runtime.label_cache import LabelCache
+from app.runtime.label_sets import LabelSet, LabelSetStore
+from app.runtime.model import ModelRuntime
+from model.bundle.prompts import resolve_templates
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LabelQuery:
+    """What a request asked for: its own labels (and a template spec), or a registered set's name."""
+
+    labels: list[str] | None = None
+    label_set: str | None = None
+    templates: str | list[str] | None = None
+
+    def check(self) -> None:
+        """Exactly one of labels and label_set; a set brings its own templates."""
+        if self.label_set is not None:
+            if self.labels is not None or self.templates is not None:
+                raise InvalidRequest("give label_set alone: the set has its own labels and templates")
+        elif self.labels is None:
+            raise InvalidRequest("give labels (the candidate labels) or label_set", code="invalid_labels")
+
+
+@dataclass(frozen=True)
+class LabelPlan:
+    """The labels to score against, for one runtime: `matrix` is None until built."""
+
+    labels: tuple[str, ...]
+    templates: tuple[str, ...]
+    matrix: np.ndarray | None
+    label_set: LabelSet | None = None
+
+
+def check_token_lengths(rt: ModelRuntime, labels: Sequence[str], templates: Sequence[str]) -> None:
+    """Refuse a label that, with its longest template, is longer than the model reads."""
+    context = rt.encoders.tokenizer.context_length
+    for lb, n in zip(labels, rt.token_lengths(labels, templates), strict=True):
+        if n > context:
+            raise InvalidRequest(
+                f"label {lb[:60]!r} is {n} tokens with its template; the model reads at most {context}",
+                {"label": lb[:200], "tokens": n, "context_length": context},
+                code="label_too_long",
+            )
+
+
+class LabelMatrices:
+    def __init__(self, cache: LabelCache, store: LabelSetStore) -> None:
+        self.cache, self.store = cache, store
+
+    def plan(self, rt: ModelRuntime, query: LabelQuery, label_set: LabelSet | None) -> LabelPlan:
+        """The plan of a checked query (`query.check()`); `label_set` is the set it names, already
+        read from the store. One cache lookup; labels not cached are checked against the context."""
+        if label_set is not None:
+            m = self.cache.cached_set(rt.sha, label_set.labels, label_set.templates)
+            return LabelPlan(label_set.labels, label_set.templates, m, label_set)
+        assert query.labels is not None
+        templates = resolve_templates(query.templates)
+        labels = tuple(query.labels)
+        m = self.cache.cached_set(rt.sha, labels, templates)
+        if m is None:
+            check_token_lengths(rt, labels, templates)
+        return LabelPlan(labels, templates, m)
+
+    def build(self, rt: ModelRuntime, plan: LabelPlan) -> tuple[np.ndarray, str]:
+        """The plan's matrix and where it came from: memory, disk or encoded. Blocking (may encode)."""
+        if plan.matrix is not None:
+            return plan.matrix, "memory"
+        ls = plan.label_set
+        if ls is None:
+            return self.cache.build(rt.encoders, rt.sha, plan.labels, plan.templates), "encoded"
+        m = self.store.load_matrix(ls, rt.sha, rt.encoders.embed_dim)
+        if m is not None:
+            self.cache.put_set(rt.sha, ls.labels, ls.templates, m)
+            return m, "disk"
+        log.info(
+            "label set %s: encoding %d labels x %d templates", ls.name, len(ls.labels), len(ls.templates)
+        )
+        m = self.cache.build(rt.encoders, rt.sha, ls.labels, ls.templates)
+        self.store.save_matrix(ls, rt.sha, m)
+        return m, "encoded"
+
+    def for_set(self, rt: ModelRuntime, ls: LabelSet) -> tuple[np.ndarray, str]:
+        """A registered set's matrix, from wherever it is (blocking)."""
+        plan = LabelPlan(ls.labels, ls.templates, self.cache.cached_set(rt.sha, ls.labels, ls.templates), ls)
+        return self.build(rt, plan)

@@ -1,0 +1,118 @@
+"""The engine over the fake encoder, without HTTP: what a route gets back for what it passes in."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.runtime.engine import ClassifyRequest, Engine, LabelQuery
+from app.runtime.errors import InvalidRequest, LabelSetError, ModelUnavailable
+from tests.fakes import fake_runtime, fake_settings
+
+T = TypeVar("T")
+
+
+def png(colour: tuple[int, int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (20, 20), colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def run(tmp: Path, body: Callable[[Engine], Awaitable[T]], **kw: Any) -> T:
+    async def main() -> T:
+        engine = Engine(fake_settings(tmp, **kw), fake_runtime)
+        await engine.start()
+        try:
+            return await body(engine)
+        finally:
+            await engine.stop()
+
+    return asyncio.run(main())
+
+
+async def classify(engine: Engine, query: LabelQuery, top_k: int | None = None) -> Any:
+    with engine.admit() as ticket:
+        return await engine.classify(
+            ClassifyRequest([png((200, 0, 0)), png((0, 0, 200))], query, top_k), ticket
+        )
+
+
+def test_classify_returns_ranked_labels_per_image(tmp_path: Path) -> None:
+    async def body(engine: Engine) -> Any:
+        return await classify(engine, LabelQuery(labels=["a", "b", "c"]), top_k=2)
+
+    result = run(tmp_path, body)
+    assert result.model == {"name": "default", "version": "fake-1"}
+    assert len(result.results) == 2 and all(len(row) == 2 for row in result.results)
+    for row in result.results:
+        assert row[0].cosine >= row[1].cosine
+    assert set(result.timing_ms) == {"decode_ms", "encode_ms", "total_ms"}
+
+
+def test_a_label_set_request_looks_its_matrix_up_once(tmp_path: Path) -> None:
+    lookups: list[tuple[str, ...]] = []
+
+    async def body(engine: Engine) -> Any:
+        await engine.put_label_set("shapes", ["red circle", "blue heart"], "synthetic")
+        real = engine.cache.cached_set
+
+        def counted(sha: str, labels: Any, templates: Any) -> np.ndarray | None:
+            lookups.append(tuple(labels))
+            return real(sha, labels, templates)
+
+        engine.cache.cached_set = counted  # type: ignore[method-assign]
+        return await classify(engine, LabelQuery(label_set="shapes"))
+
+    result = run(tmp_path, body, admin_token="admin-token-123")
+    assert {s.label for s in result.results[0]} == {"red circle", "blue heart"}
+    assert lookups == [("red circle", "blue heart")]
+
+
+def test_a_new_label_list_is_encoded_once_and_then_served_from_memory(tmp_path: Path) -> None:
+    async def body(engine: Engine) -> list[int]:
+        counts = []
+        for _ in range(3):
+            await classify(engine, LabelQuery(labels=["x", "y"], templates="synthetic"))
+            counts.append(engine.cache.encoded_prompts)
+        return counts
+
+    assert run(tmp_path, body) == [10, 10, 10]  # 2 labels x 5 templates, then nothing
+
+
+def test_queries_that_contradict_themselves_are_refused(tmp_path: Path) -> None:
+    async def body(engine: Engine) -> list[str]:
+        codes = []
+        for q in (LabelQuery(), LabelQuery(labels=["a"], label_set="s"), LabelQuery(label_set="nope")):
+            with pytest.raises((InvalidRequest, LabelSetError)) as info:
+                await classify(engine, q)
+            codes.append(info.value.code)
+        return codes
+
+    assert run(tmp_path, body) == ["invalid_labels", "invalid_request", "label_set_not_found"]
+
+
+def test_without_a_model_nothing_is_admitted(tmp_path: Path) -> None:
+    async def body(engine: Engine) -> tuple[int, int]:
+        engine.holder.runtime = None  # as after a start whose every load failed
+        with pytest.raises(ModelUnavailable), engine.admit():
+            pass
+        return engine.batcher.pending, engine.batcher._incoming
+
+    assert run(tmp_path, body) == (0, 0)  # refused before it took a place in the queue
+
+
+def test_a_new_current_is_loaded_by_the_factory_and_swapped_in(tmp_path: Path) -> None:
+    async def body(engine: Engine) -> tuple[str, str, bool]:
+        before = engine.runtime().version
+        (engine.settings.models_dir / "default" / "CURRENT").write_text("fake-2\n")
+        result = await engine.reload()
+        return before, engine.runtime().version, result.changed
+
+    assert run(tmp_path, body) == ("fake-1", "fake-2", True)
