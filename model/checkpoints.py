@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from model.bundle.atomic import atomic_write
 from model.clip import CLIP, CLIPConfig
 
 log = logging.getLogger(__name__)
@@ -30,9 +31,7 @@ class TrainError(Exception):
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write atomically: a crash mid-save never leaves a truncated file under the real name."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def keep_step_copy(folder: Path, step: int, keep: int) -> Path:

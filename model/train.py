@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
 from model import distributed as dd
+from model.bundle.atomic import atomic_write_text
 from model.bundle.tokenizer import ClipTokenizer
 from model.checkpoints import (
     BEST,
@@ -261,7 +262,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, stop_after: int | 
         loader = _loader(cfg, d, raw.config.vision.image_size, start, tokenizer)
         if d.main:
             ckdir.mkdir(parents=True, exist_ok=True)
-            (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+            atomic_write_text(out / "train_config.json", json.dumps(asdict(cfg), indent=2) + "\n")
         _loop(cfg, d, model, raw, opt, loader, tokenizer, device, start, best, stop_after)
         # Leave together. Seen once in ~10 runs under load: rank 1 aborted ("terminate called without
         # an active exception") tearing its gloo group down while rank 0 still wrote its checkpoint.

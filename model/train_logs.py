@@ -8,6 +8,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from model.bundle.atomic import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 
@@ -22,7 +24,7 @@ class MetricsLog:
                 for ln in self.path.read_text().splitlines()
                 if ln.strip() and json.loads(ln)["step"] <= start_step
             ]
-            self.path.write_text("".join(ln + "\n" for ln in kept))
+            atomic_write_text(self.path, "".join(ln + "\n" for ln in kept))  # a crash keeps the old
         self._file = self.path.open("a")
         self._tb: Any = None
         if tensorboard:

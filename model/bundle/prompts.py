@@ -195,16 +195,19 @@ def resolve_templates(spec: str | Sequence[str] | None) -> tuple[str, ...]:
         return TEMPLATE_SETS[DEFAULT_SET]
     if isinstance(spec, str):
         text = spec.strip()
-        if text.startswith("["):
-            try:
-                parsed = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise TemplateError(f"templates look like a JSON array but do not parse: {exc.msg}") from None
-            if not isinstance(parsed, list):
-                raise TemplateError("templates JSON must be an array of strings")
-            return validate_templates(parsed)
-        return get_templates(text)
+        return _json_templates(text) if text.startswith("[") else get_templates(text)
     return validate_templates(spec)
+
+
+def _json_templates(text: str) -> tuple[str, ...]:
+    """A JSON array of templates, validated."""
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TemplateError(f"templates look like a JSON array but do not parse: {exc.msg}") from None
+    if not isinstance(parsed, list):
+        raise TemplateError("templates JSON must be an array of strings")
+    return validate_templates(parsed)
 
 
 def load_templates(spec: str | Sequence[str]) -> tuple[str, ...]:
@@ -228,13 +231,7 @@ def load_templates(spec: str | Sequence[str]) -> tuple[str, ...]:
         raise TemplateError(f"cannot read template file {path}: {exc}") from None
     try:
         if text.lstrip().startswith("["):
-            try:
-                parsed = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise TemplateError(f"looks like a JSON array but does not parse: {exc.msg}") from None
-            if not isinstance(parsed, list):
-                raise TemplateError("JSON templates must be an array of strings")
-            return validate_templates(parsed)
+            return _json_templates(text)
         lines = [ln.strip() for ln in text.splitlines()]
         return validate_templates([ln for ln in lines if ln and not ln.startswith("#")])
     except TemplateError as exc:
