@@ -197,7 +197,7 @@ class Engine:
         else:
             tmpl = resolve_templates(templates)
             check_token_lengths(rt, texts, tmpl)
-            feats = await run_in_threadpool(self.cache.matrix, rt.encoders, rt.sha, texts, tmpl)
+            feats = await run_in_threadpool(self.cache.get_or_build, rt.encoders, rt.sha, texts, tmpl)
         return Embeddings(rt.ref, feats)
 
     async def put_label_set(

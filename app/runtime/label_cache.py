@@ -83,7 +83,7 @@ class LabelCache:
         with self._lock:
             self._put((sha, templates, tuple(labels)), matrix)
 
-    def matrix(
+    def get_or_build(
         self, encoder: TextEncoder, sha: str, labels: Sequence[str], templates: Templates
     ) -> np.ndarray:
         """[len(labels), E] normalized label embeddings: cached, or built (blocking)."""
