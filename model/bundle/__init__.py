@@ -12,5 +12,5 @@ one tokenizer, one preprocessing, one prompt list and one zero-shot path (docs/a
     encoders.py    a bundle's ONNX encoders in onnxruntime, and the interface every encoder offers
     zeroshot.py    prompt-ensembled label matrices, cosine, probability, top-k
 
-Nothing here imports torch or the training modules (tests/model/test_boundaries.py reads the imports).
+Nothing here imports torch or the training modules (tests/test_architecture.py reads the imports).
 """

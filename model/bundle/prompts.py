@@ -204,7 +204,9 @@ def _json_templates(text: str) -> tuple[str, ...]:
     try:
         parsed = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise TemplateError(f"templates look like a JSON array but do not parse: {exc.msg}") from None
+        raise TemplateError(
+            f"templates look like a JSON array, but the JSON does not parse: {exc.msg}"
+        ) from None
     if not isinstance(parsed, list):
         raise TemplateError("templates JSON must be an array of strings")
     return validate_templates(parsed)
