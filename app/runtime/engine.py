@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,7 +40,7 @@ class Ticket:
     among the requests on their way to the batcher."""
 
     runtime: ModelRuntime
-    announcement: Announcement = field(default_factory=Announcement)
+    announcement: Announcement
 
 
 @dataclass(frozen=True)
@@ -182,7 +182,7 @@ class Engine:
         pixels = await run_in_threadpool(decode_images, files, rt.encoders.preprocess, self.settings)
         return Embeddings(rt.ref, await self._encode(rt, pixels, ticket))
 
-    def _encode(self, rt: ModelRuntime, pixels: np.ndarray, ticket: Ticket) -> Any:
+    def _encode(self, rt: ModelRuntime, pixels: np.ndarray, ticket: Ticket) -> Awaitable[np.ndarray]:
         """Queue the images now; the awaitable of their features, [n, E]."""
         items = self.batcher.submit(rt, pixels, self.settings.queue_timeout_s, ticket.announcement)
         return self.batcher.wait(items)

@@ -83,12 +83,12 @@ def choose_providers(device: Device) -> list[str]:
     """Execution providers for a device setting; CUDA only when this onnxruntime build offers it."""
     available = ort.get_available_providers()
     if device == "cpu":
-        return ["CPUExecutionProvider"]
+        return list(CPU)
     if "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        return ["CUDAExecutionProvider", *CPU]
     if device == "cuda":
         raise BundleError(f"device=cuda asked for, but onnxruntime offers only {', '.join(available)}")
-    return ["CPUExecutionProvider"]
+    return list(CPU)
 
 
 def available_cpus() -> int:
