@@ -58,6 +58,15 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1, description="checked before decoding")
     max_images_per_request: int = Field(default=16, ge=1)
     max_labels_per_request: int = Field(default=1000, ge=1, description="also texts per embeddings call")
+    max_templates_per_request: int = Field(
+        default=100, ge=1, description="templates per request or label set (imagenet80 fits)"
+    )
+    max_prompts_per_request: int = Field(
+        default=10_000, ge=1, description="labels x templates a request may ask to encode (413 beyond)"
+    )
+    max_prompts_per_label_set: int = Field(
+        default=100_000, ge=1, description="labels x templates of one label set (1,000 x imagenet80 fits)"
+    )
     jpeg_draft: bool = Field(
         default=False, description="decode large JPEGs at 1/2-1/8 scale in the DCT (faster, near-identical)"
     )

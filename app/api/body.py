@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from typing import Any, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
+from pydantic_core import from_json
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
@@ -39,11 +39,27 @@ def body_kind(request: Request, *accepted: str) -> str:
     raise ApiError("unsupported_media_type", f"send {' or '.join(accepted)}, not {kind or 'no content type'}")
 
 
+MAX_JSON_DEPTH = 200  # pydantic-core's parser refuses deeper nesting; no request needs more than 3
+
+
+def parse_json(raw: bytes | str) -> Any:
+    """JSON whose nesting is bounded: ValueError for bad or too deeply nested JSON. The standard
+    library's json.loads recurses to the interpreter's limit and raises RecursionError (a 500 with a
+    traceback, found with a body nested 100,000 arrays deep); pydantic-core's parser stops at
+    MAX_JSON_DEPTH levels and is faster."""
+    try:
+        return from_json(raw)
+    except ValueError as e:
+        if "recursion limit" in str(e):
+            raise ValueError(f"nested more than {MAX_JSON_DEPTH} levels deep") from None
+        raise
+
+
 async def read_json(request: Request, model: type[M]) -> M:
     raw = await request.body()
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
+        data = parse_json(raw)
+    except ValueError as e:
         raise ApiError("invalid_json", f"the body is not valid JSON: {e}") from None
     try:
         return model.model_validate(data)
@@ -53,6 +69,16 @@ async def read_json(request: Request, model: type[M]) -> M:
         raise ApiError("invalid_request", f"{where}: {errs[0]['msg']}", errs) from None
 
 
+def _parser_reason(e: BaseException) -> str | None:
+    """python-multipart's own reason, which Starlette hides behind "Invalid multipart data."."""
+    cause = e.__cause__ or e.__context__
+    while cause is not None:
+        if type(cause).__module__.startswith("python_multipart"):
+            return str(cause)
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 async def read_form(request: Request, s: Settings) -> Any:
     try:
         return await request.form(
@@ -60,6 +86,11 @@ async def read_form(request: Request, s: Settings) -> Any:
         )
     except HTTPException as e:  # starlette's MultiPartException, made a 400
         msg = str(e.detail)
+        reason = _parser_reason(e)
+        if reason and "Maximum header" in reason:  # python-multipart bounds each part's headers
+            raise ApiError("field_too_large", f"a multipart part's headers are too large: {reason}") from None
+        if reason:
+            msg = f"{msg.rstrip('.')}: {reason}"
         if "Too many files" in msg:
             raise ApiError(
                 "too_many_images", f"at most {s.max_images_per_request} images per request"

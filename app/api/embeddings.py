@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from app.api.auth import ApiKey
 from app.api.body import JSON, MULTIPART, base64_images, body_kind, read_form, read_json, uploaded_images
 from app.api.deps import EngineDep, SettingsDep
+from app.api.disconnect import unless_disconnected
 from app.api.fields import check_labels
 from app.api.schemas import ERRORS, IMAGE_ENCODING, EmbeddingsResponse, ImagesJson, TextsJson
 from app.runtime.engine import Embeddings
@@ -43,7 +44,7 @@ async def image_embeddings(request: Request, engine: EngineDep, s: SettingsDep) 
             files = await uploaded_images((await read_form(request, s)).getlist("image"), s)
         else:
             files = base64_images((await read_json(request, ImagesJson)).images, s)
-        return to_json(await engine.embed_images(files, ticket))
+        return to_json(await unless_disconnected(request, engine.embed_images(files, ticket)))
 
 
 @router.post(
@@ -59,7 +60,7 @@ async def text_embeddings(request: Request, engine: EngineDep, s: SettingsDep) -
     body_kind(request, JSON)
     body = await read_json(request, TextsJson)
     texts = check_labels(body.texts, s.max_labels_per_request, what="text")
-    return to_json(await engine.embed_texts(texts, body.templates))
+    return to_json(await unless_disconnected(request, engine.embed_texts(texts, body.templates)))
 
 
 def to_json(e: Embeddings) -> dict[str, Any]:

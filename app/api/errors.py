@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from app.runtime.errors import EngineError
 from app.runtime.label_sets import NO_SPACE
@@ -41,6 +42,8 @@ STATUS: dict[str, int] = {
     "too_many_fields": 413,
     "field_too_large": 413,
     "image_too_large": 413,
+    "too_many_templates": 413,
+    "too_many_prompts": 413,
     # the wrong kind
     "unsupported_media_type": 415,
     "unsupported_format": 415,
@@ -59,6 +62,8 @@ STATUS: dict[str, int] = {
     "invalid_templates": 422,
     "invalid_top_k": 422,
     "invalid_label_set_name": 422,
+    # the client went away before its answer (nginx's code; nobody reads the body)
+    "client_closed_request": 499,
     # the server's side
     "internal_error": 500,
     "model_unavailable": 503,
@@ -119,6 +124,12 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(BodyTooLarge)
     async def _body(request: Request, e: BodyTooLarge) -> JSONResponse:
         return respond(request, "body_too_large", str(e), None, {"Connection": "close"})
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, e: ClientDisconnect) -> JSONResponse:
+        # The client's doing, not the server's: info, no traceback, counted as 499 (not 5xx)
+        log.info("client disconnected before its answer: %s %s", request.method, request.url.path)
+        return respond(request, "client_closed_request", "the client closed the connection")
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, e: RequestValidationError) -> JSONResponse:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from app.api.body import parse_json
 from app.api.errors import ApiError
 
 MAX_LABEL_CHARS = 1000  # 77 tokens are a few hundred characters at most; longer is refused unread
@@ -15,7 +15,7 @@ def parse_labels(raw: list[str], max_labels: int, what: str = "label") -> list[s
     labels: Any = raw
     if len(raw) == 1 and raw[0].lstrip().startswith("["):
         try:
-            labels = json.loads(raw[0])
+            labels = parse_json(raw[0])
         except ValueError as e:
             raise ApiError(f"invalid_{what}s", f"{what}s is not a valid JSON array: {e}") from None
         if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):

@@ -11,7 +11,7 @@ Admission is decided at once, before a request's body is read: when the images q
 requests on their way reach `max_queue`, the request is refused (QueueFull -> 503 + Retry-After),
 never left to wait without bound; `submit` checks the image count again once it is known. An item
 whose deadline passed while it waited is dropped before it reaches the model (DeadlineExceeded ->
-503).
+503); so is one whose request was cancelled (its client went away).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import queue
 import threading
@@ -53,6 +54,7 @@ class _Item:
     deadline: float  # time.monotonic()
     enqueued: float
     future: concurrent.futures.Future[np.ndarray] = field(default_factory=concurrent.futures.Future)
+    released: bool = False  # its images no longer count as pending
 
 
 BatchHook = Callable[[int, float, float], None]  # (images in batch, oldest wait s, encoder s)
@@ -75,7 +77,7 @@ class ImageBatcher:
         self._carry: _Item | None = None
         self._thread: threading.Thread | None = None
         self.batches = self.images = self.largest_batch = 0
-        self.rejected = self.expired = 0
+        self.rejected = self.expired = self.cancelled = 0
 
     @property
     def pending(self) -> int:
@@ -115,6 +117,9 @@ class ImageBatcher:
             announced.done = True
             self._incoming -= 1
         for it in items:
+            # A request cancelled while queued (its client went away) frees its place at once; the
+            # worker skips the item when it comes to it.
+            it.future.add_done_callback(functools.partial(self._forget, it))
             self._q.put(it)
         return items
 
@@ -200,7 +205,7 @@ class ImageBatcher:
         live = []
         for it in batch:
             if it.future.cancelled():
-                self._release(it)
+                pass  # released and counted when it was cancelled (_forget)
             elif now > it.deadline:
                 self.expired += 1
                 self._fail(
@@ -236,9 +241,16 @@ class ImageBatcher:
                 it.future.set_result(feats[start : start + k])
             start += k
 
+    def _forget(self, it: _Item, future: concurrent.futures.Future[np.ndarray]) -> None:
+        if future.cancelled():
+            self.cancelled += 1
+            self._release(it)
+
     def _release(self, it: _Item) -> None:
         with self._lock:
-            self._pending -= len(it.pixels)
+            if not it.released:
+                it.released = True
+                self._pending -= len(it.pixels)
 
     def _fail(self, it: _Item, e: BaseException) -> None:
         self._release(it)

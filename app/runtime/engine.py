@@ -24,7 +24,13 @@ from app.runtime.errors import Draining, ModelUnavailable, ReloadFailed
 from app.runtime.images import decode_images
 from app.runtime.label_cache import LabelCache
 from app.runtime.label_sets import LabelSet, LabelSetStore, check_name
-from app.runtime.labels import LabelMatrices, LabelQuery, check_token_lengths
+from app.runtime.labels import (
+    LabelMatrices,
+    LabelQuery,
+    PromptBudget,
+    check_distinct,
+    check_token_lengths,
+)
 from app.runtime.model import ModelRuntime, RuntimeFactory, load_runtime
 from app.runtime.reload import ModelHolder, ReloadResult, watch
 from app.settings import Settings
@@ -78,7 +84,11 @@ class Engine:
         self.holder = ModelHolder(settings, factory)
         self.batcher = ImageBatcher(settings.max_batch, settings.max_wait_ms, settings.max_queue)
         self.label_sets = LabelSetStore(settings.label_sets_dir)
-        self.matrices = LabelMatrices(self.cache, self.label_sets)
+        self.budget = PromptBudget(settings.max_templates_per_request, settings.max_prompts_per_request)
+        self.set_budget = PromptBudget(
+            settings.max_templates_per_request, settings.max_prompts_per_label_set, "label set"
+        )
+        self.matrices = LabelMatrices(self.cache, self.label_sets, self.budget)
         self.draining = False  # set on SIGTERM and at shutdown: readiness fails from then on
         self._watcher: asyncio.Task[None] | None = None
 
@@ -130,6 +140,7 @@ class Engine:
                 "largest_batch": b.largest_batch,
                 "rejected": b.rejected,
                 "expired": b.expired,
+                "cancelled": b.cancelled,
             },
             "label_cache": self.cache.stats(),
             "reload_error": self.holder.error,
@@ -196,6 +207,7 @@ class Engine:
             feats = await run_in_threadpool(rt.encoders.encode_texts, texts)
         else:
             tmpl = resolve_templates(templates)
+            self.budget.check(len(texts), len(tmpl))
             check_token_lengths(rt, texts, tmpl)
             feats = await run_in_threadpool(self.cache.get_or_build, rt.encoders, rt.sha, texts, tmpl)
         return Embeddings(rt.ref, feats)
@@ -209,6 +221,8 @@ class Engine:
         tmpl = resolve_templates(templates)
         set_name = templates if isinstance(templates, str) and templates in TEMPLATE_SETS else None
         rt = self.runtime()
+        self.set_budget.check(len(labels), len(tmpl))
+        check_distinct(rt, labels)
         check_token_lengths(rt, labels, tmpl)
         t = time.perf_counter()
         ls = await run_in_threadpool(

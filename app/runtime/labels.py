@@ -51,6 +51,34 @@ class LabelPlan:
     label_set: LabelSet | None = None
 
 
+@dataclass(frozen=True)
+class PromptBudget:
+    """The text-encoder work one request (or one label set) may ask for: every label is encoded in
+    every template, so the cost is labels x templates prompts. Without a bound, 20,000 custom
+    templates and 2 labels were accepted and encoded (minutes of both cores on a ViT-B/32)."""
+
+    max_templates: int
+    max_prompts: int
+    what: str = "request"
+
+    def check(self, n_labels: int, n_templates: int) -> None:
+        if n_templates > self.max_templates:
+            raise InvalidRequest(
+                f"{n_templates:,} templates; at most {self.max_templates:,} per {self.what}",
+                {"templates": n_templates, "limit": self.max_templates},
+                code="too_many_templates",
+            )
+        prompts = n_labels * n_templates
+        if prompts > self.max_prompts:
+            hint = " (register a label set for more)" if self.what == "request" else ""
+            raise InvalidRequest(
+                f"{n_labels:,} labels x {n_templates:,} templates = {prompts:,} prompts; at most "
+                f"{self.max_prompts:,} per {self.what}{hint}",
+                {"prompts": prompts, "limit": self.max_prompts},
+                code="too_many_prompts",
+            )
+
+
 def check_token_lengths(rt: ModelRuntime, labels: Sequence[str], templates: Sequence[str]) -> None:
     """Refuse a label that, with its longest template, is longer than the model reads."""
     context = rt.encoders.tokenizer.context_length
@@ -63,9 +91,28 @@ def check_token_lengths(rt: ModelRuntime, labels: Sequence[str], templates: Sequ
             )
 
 
+def check_distinct(rt: ModelRuntime, labels: Sequence[str]) -> None:
+    """Refuse two labels the model cannot tell apart: the same token ids once the tokenizer has cleaned
+    them (case, spacing, HTML entities, Unicode look-alikes). Comparing raw strings lets
+    ["yellow cross", "Yellow Cross"] through and answers 0.5 / 0.5 with identical cosines."""
+    tok = rt.encoders.tokenizer
+    seen: dict[tuple[int, ...], int] = {}
+    for i, lb in enumerate(labels):
+        j = seen.setdefault(tuple(tok.encode(lb)), i)
+        if j != i:
+            first = labels[j]
+            cleaned = tok.clean(lb)
+            raise InvalidRequest(
+                f"labels {first[:60]!r} and {lb[:60]!r} are the same text to the model "
+                f"({cleaned[:60]!r}); give each label once",
+                {"labels": [first[:200], lb[:200]], "cleaned": cleaned[:200]},
+                code="duplicate_labels",
+            )
+
+
 class LabelMatrices:
-    def __init__(self, cache: LabelCache, store: LabelSetStore) -> None:
-        self.cache, self.store = cache, store
+    def __init__(self, cache: LabelCache, store: LabelSetStore, budget: PromptBudget) -> None:
+        self.cache, self.store, self.budget = cache, store, budget
 
     def plan(self, rt: ModelRuntime, query: LabelQuery, label_set: LabelSet | None) -> LabelPlan:
         """The plan of a checked query (`query.check()`); `label_set` is the set it names, already
@@ -76,8 +123,10 @@ class LabelMatrices:
         assert query.labels is not None
         templates = resolve_templates(query.templates)
         labels = tuple(query.labels)
+        self.budget.check(len(labels), len(templates))
         m = self.cache.cached_set(rt.sha, labels, templates)
-        if m is None:
+        if m is None:  # a list the cache holds passed these checks when it was built
+            check_distinct(rt, labels)
             check_token_lengths(rt, labels, templates)
         return LabelPlan(labels, templates, m)
 

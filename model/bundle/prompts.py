@@ -207,6 +207,8 @@ def _json_templates(text: str) -> tuple[str, ...]:
         raise TemplateError(
             f"templates look like a JSON array, but the JSON does not parse: {exc.msg}"
         ) from None
+    except RecursionError:  # the C decoder stops at the interpreter's recursion limit, cleanly
+        raise TemplateError("templates look like a JSON array, but it is nested too deeply") from None
     if not isinstance(parsed, list):
         raise TemplateError("templates JSON must be an array of strings")
     return validate_templates(parsed)
