@@ -16,6 +16,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from app.api.errors import ApiError
+from app.runtime.errors import ImageFailure
 from app.settings import Settings
 
 M = TypeVar("M", bound=BaseModel)
@@ -112,42 +113,69 @@ def text_field(form: Any, name: str) -> str | None:
 
 async def uploaded_images(items: list[Any], s: Settings) -> list[bytes]:
     """The files of the multipart field 'image', checked for count and size."""
-    if not items:
-        raise ApiError("missing_image", "send at least one image (multipart field 'image')")
-    _count(len(items), s)
-    files = []
+    _present(items, "send at least one image (multipart field 'image')", s)
+    return [await _uploaded(i, f, s) for i, f in enumerate(items)]
+
+
+async def uploaded_images_or_failures(items: list[Any], s: Settings) -> list[bytes | ImageFailure]:
+    """on_error="skip": as uploaded_images, but a file that fails its own checks becomes an
+    ImageFailure in its place and the request goes on."""
+    _present(items, "send at least one image (multipart field 'image')", s)
+    out: list[bytes | ImageFailure] = []
     for i, f in enumerate(items):
-        if not isinstance(f, UploadFile):
-            raise ApiError("invalid_image", f"image {i} is a text field; send it as a file")
-        if f.size is not None and f.size > s.max_upload_bytes:
-            raise ApiError("upload_too_large", f"image {i} is {f.size} bytes; at most {s.max_upload_bytes}")
-        data = await f.read(s.max_upload_bytes + 1)
-        if len(data) > s.max_upload_bytes:
-            raise ApiError("upload_too_large", f"image {i} is larger than {s.max_upload_bytes} bytes")
-        files.append(data)
-    return files
+        try:
+            out.append(await _uploaded(i, f, s))
+        except ApiError as e:
+            out.append(ImageFailure(e.code, e.message))
+    return out
+
+
+async def _uploaded(i: int, f: Any, s: Settings) -> bytes:
+    if not isinstance(f, UploadFile):
+        raise ApiError("invalid_image", f"image {i} is a text field; send it as a file")
+    if f.size is not None and f.size > s.max_upload_bytes:
+        raise ApiError("upload_too_large", f"image {i} is {f.size} bytes; at most {s.max_upload_bytes}")
+    data = await f.read(s.max_upload_bytes + 1)
+    if len(data) > s.max_upload_bytes:
+        raise ApiError("upload_too_large", f"image {i} is larger than {s.max_upload_bytes} bytes")
+    return data
 
 
 def base64_images(items: list[str], s: Settings) -> list[bytes]:
     """base64 strings (a data: URL prefix is accepted) -> the files, checked for count and size."""
-    if not items:
-        raise ApiError("missing_image", "images: send at least one base64-encoded image")
-    _count(len(items), s)
-    files = []
+    _present(items, "images: send at least one base64-encoded image", s)
+    return [_base64(i, text, s) for i, text in enumerate(items)]
+
+
+def base64_images_or_failures(items: list[str], s: Settings) -> list[bytes | ImageFailure]:
+    """on_error="skip": as base64_images, but one that fails becomes an ImageFailure in its place."""
+    _present(items, "images: send at least one base64-encoded image", s)
+    out: list[bytes | ImageFailure] = []
     for i, text in enumerate(items):
-        if text.startswith("data:"):
-            head, _, text = text.partition(",")
-            if not head.endswith(";base64"):
-                raise ApiError("invalid_base64", f"images[{i}]: a data: URL must be ';base64,' encoded")
-        if len(text) * 3 // 4 > s.max_upload_bytes + 3:
-            raise ApiError("upload_too_large", f"images[{i}] is larger than {s.max_upload_bytes} bytes")
         try:
-            files.append(base64.b64decode(text, validate=True))
-        except (binascii.Error, ValueError):
-            raise ApiError("invalid_base64", f"images[{i}] is not valid base64") from None
-    return files
+            out.append(_base64(i, text, s))
+        except ApiError as e:
+            out.append(ImageFailure(e.code, e.message))
+    return out
 
 
-def _count(n: int, s: Settings) -> None:
+def _base64(i: int, text: str, s: Settings) -> bytes:
+    if text.startswith("data:"):
+        head, _, text = text.partition(",")
+        if not head.endswith(";base64"):
+            raise ApiError("invalid_base64", f"images[{i}]: a data: URL must be ';base64,' encoded")
+    if len(text) * 3 // 4 > s.max_upload_bytes + 3:
+        raise ApiError("upload_too_large", f"images[{i}] is larger than {s.max_upload_bytes} bytes")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError("invalid_base64", f"images[{i}] is not valid base64") from None
+
+
+def _present(items: list[Any], missing: str, s: Settings) -> None:
+    """At least one image, and no more than a request may carry (the whole request fails)."""
+    if not items:
+        raise ApiError("missing_image", missing)
+    n = len(items)
     if n > s.max_images_per_request:
         raise ApiError("too_many_images", f"{n} images; at most {s.max_images_per_request} per request")

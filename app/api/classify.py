@@ -6,6 +6,7 @@ The route parses the body into a ClassifyRequest, calls the engine and maps its 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -16,26 +17,29 @@ from app.api.body import (
     JSON,
     MULTIPART,
     base64_images,
+    base64_images_or_failures,
     body_kind,
     read_form,
     read_json,
     text_field,
     uploaded_images,
+    uploaded_images_or_failures,
 )
 from app.api.deps import EngineDep, SettingsDep
 from app.api.disconnect import unless_disconnected
-from app.api.fields import check_labels, parse_labels, parse_top_k
+from app.api.fields import check_labels, parse_labels, parse_on_error, parse_top_k
 from app.api.schemas import (
     ERRORS,
     IMAGE_ENCODING,
     LABEL_SET_NAME,
     LABELS_SCHEMA,
+    ON_ERROR_DOC,
     ONE_OF_LABELS,
     TEMPLATES_DOC,
     ClassifyJson,
     ClassifyResponse,
 )
-from app.runtime.engine import ClassifyRequest, ClassifyResult, LabelQuery
+from app.runtime.engine import ClassifyRequest, ClassifyResult, ImageFailure, LabelQuery
 from app.settings import Settings
 
 router = APIRouter(dependencies=[ApiKey])
@@ -62,6 +66,7 @@ MULTIPART_SCHEMA = {
         },
         "templates": {"type": "string", "description": TEMPLATES_DOC + " (as a JSON array)"},
         "top_k": {"type": "integer", "minimum": 1, "description": "labels returned per image"},
+        "on_error": {"type": "string", "enum": ["fail", "skip"], "description": ON_ERROR_DOC},
     },
 }
 
@@ -101,17 +106,33 @@ async def parse(request: Request, s: Settings) -> ClassifyRequest:
             label_set=text_field(form, "label_set"),
             templates=text_field(form, "templates"),
         )
-        images = await uploaded_images(form.getlist("image"), s)
-        return ClassifyRequest(images, query, parse_top_k(form.get("top_k")))
+        on_error = parse_on_error(text_field(form, "on_error"))
+        items = form.getlist("image")
+        images: Sequence[bytes | ImageFailure]
+        if on_error == "skip":
+            images = await uploaded_images_or_failures(items, s)
+        else:
+            images = await uploaded_images(items, s)
+        return ClassifyRequest(images, query, parse_top_k(form.get("top_k")), on_error)
     body = await read_json(request, ClassifyJson)
     labels = None if body.labels is None else check_labels(body.labels, s.max_labels_per_request)
     query = LabelQuery(labels=labels, label_set=body.label_set, templates=body.templates)
+    on_error = parse_on_error(body.on_error)
+    if on_error == "skip":
+        return ClassifyRequest(
+            base64_images_or_failures(body.images, s), query, parse_top_k(body.top_k), on_error
+        )
     return ClassifyRequest(base64_images(body.images, s), query, parse_top_k(body.top_k))
 
 
 def to_json(result: ClassifyResult) -> dict[str, Any]:
     return {
         "model": result.model,
-        "results": [{"labels": [r.__dict__ for r in row]} for row in result.results],
+        "results": [
+            {"error": {"code": row.code, "message": row.message}}
+            if isinstance(row, ImageFailure)
+            else {"labels": [r.__dict__ for r in row]}
+            for row in result.results
+        ],
         "timing_ms": result.timing_ms,
     }

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from app.api.body import parse_json
 from app.api.errors import ApiError
+from app.runtime.engine import ON_ERROR, OnError
 
 MAX_LABEL_CHARS = 1000  # 77 tokens are a few hundred characters at most; longer is refused unread
 
@@ -58,3 +59,14 @@ def parse_top_k(raw: Any) -> int | None:
     if k < 1:
         raise ApiError("invalid_top_k", f"top_k must be >= 1, not {k}")
     return k
+
+
+def parse_on_error(raw: Any) -> OnError:
+    """fail (the default: one bad image fails the request) or skip (it gets its own error)."""
+    if raw is None or raw == "":
+        return "fail"
+    if raw not in ON_ERROR:
+        raise ApiError(
+            "invalid_request", f"on_error must be one of {', '.join(ON_ERROR)}, not {str(raw)[:20]!r}"
+        )
+    return cast(OnError, raw)

@@ -32,6 +32,11 @@ TEMPLATES_DOC = (
     'or a list of strings containing "{}"'
 )
 
+ON_ERROR_DOC = (
+    "fail (default): one image that cannot be used fails the whole request with its error; "
+    "skip: the other images are classified and that one gets an error object in place of its labels"
+)
+
 
 class ClassifyJson(BaseModel):
     model_config = ConfigDict(
@@ -53,6 +58,9 @@ class ClassifyJson(BaseModel):
     templates: str | list[str] | None = Field(default=None, description=TEMPLATES_DOC)
     top_k: int | None = Field(
         default=None, description="how many labels to return per image", json_schema_extra={"minimum": 1}
+    )
+    on_error: str | None = Field(
+        default=None, description=ON_ERROR_DOC, json_schema_extra={"enum": ["fail", "skip"]}
     )
 
 
@@ -96,8 +104,18 @@ class LabelScoreOut(BaseModel):
     cosine: float = Field(description="cosine similarity of the image and the label embedding, in [-1, 1]")
 
 
+class ImageError(BaseModel):
+    code: str
+    message: str
+
+
 class ImageResult(BaseModel):
-    labels: list[LabelScoreOut] = Field(description="the top_k labels, highest cosine first")
+    labels: list[LabelScoreOut] | None = Field(
+        default=None, description="the top_k labels, highest cosine first (absent for a skipped image)"
+    )
+    error: ImageError | None = Field(
+        default=None, description='with on_error="skip": why this image was not classified (then no labels)'
+    )
 
 
 class ClassifyResponse(BaseModel):

@@ -12,16 +12,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from app.runtime.batcher import Announcement, ImageBatcher
-from app.runtime.errors import Draining, ModelUnavailable, ReloadFailed
-from app.runtime.images import decode_images
+from app.runtime.errors import Draining, ImageFailure, ModelUnavailable, ReloadFailed
+from app.runtime.images import decode_images, decode_some
 from app.runtime.label_cache import LabelCache
 from app.runtime.label_sets import LabelSet, LabelSetStore, check_name
 from app.runtime.labels import (
@@ -49,17 +49,24 @@ class Ticket:
     announcement: Announcement
 
 
+OnError = Literal["fail", "skip"]
+ON_ERROR: tuple[OnError, ...] = ("fail", "skip")
+
+
 @dataclass(frozen=True)
 class ClassifyRequest:
-    images: list[bytes]  # encoded image files, as uploaded
+    # encoded image files, as uploaded; with on_error="skip", a failure in place of one that could
+    # not be read from the body
+    images: Sequence[bytes | ImageFailure]
     labels: LabelQuery
     top_k: int | None = None  # >= 1; None: the default; more than there are labels: all of them
+    on_error: OnError = "fail"  # fail: one bad image fails the request; skip: it gets a failure
 
 
 @dataclass(frozen=True)
 class ClassifyResult:
     model: dict[str, str]
-    results: list[list[LabelScore]]  # per image, the top_k labels by cosine
+    results: list[list[LabelScore] | ImageFailure]  # per image, the top_k labels by cosine
     timing_ms: dict[str, float]
 
 
@@ -169,17 +176,21 @@ class Engine:
         ls = None if named is None else await run_in_threadpool(self.label_sets.get, named)
         plan = self.matrices.plan(rt, req.labels, ls)
         k = min(req.top_k or s.default_top_k, len(plan.labels))
-        pixels = await run_in_threadpool(decode_images, req.images, rt.encoders.preprocess, s)
+        pixels, failed = await run_in_threadpool(self._decode, req, rt)
         t1 = time.perf_counter()
-        encode = self._encode(rt, pixels, ticket)
-        if plan.matrix is None:  # encode the labels and the images side by side
-            (matrix, _), feats = await asyncio.gather(
-                run_in_threadpool(self.matrices.build, rt, plan), encode
-            )
-        else:
-            matrix, feats = plan.matrix, await encode
+        ranked: list[list[LabelScore]] = []
+        if len(pixels):  # with on_error="skip" every image may have failed: nothing to encode
+            encode = self._encode(rt, pixels, ticket)
+            if plan.matrix is None:  # encode the labels and the images side by side
+                (matrix, _), feats = await asyncio.gather(
+                    run_in_threadpool(self.matrices.build, rt, plan), encode
+                )
+            else:
+                matrix, feats = plan.matrix, await encode
+            ranked = rank(feats, plan.labels, matrix, rt.logit_scale, k)
         t2 = time.perf_counter()
-        results = rank(feats, plan.labels, matrix, rt.logit_scale, k)
+        rows = iter(ranked)
+        results = [failed[i] if i in failed else next(rows) for i in range(len(req.images))]
         t0 = ticket.announcement.started
         timing = {
             "decode_ms": round(1000 * (t1 - t0), 3),
@@ -187,6 +198,14 @@ class Engine:
             "total_ms": round(1000 * (time.perf_counter() - t0), 3),
         }
         return ClassifyResult(rt.ref, results, timing)
+
+    def _decode(self, req: ClassifyRequest, rt: ModelRuntime) -> tuple[np.ndarray, dict[int, ImageFailure]]:
+        """The pixels of the images to encode, and a failure per image that is skipped. Blocking."""
+        pre, s = rt.encoders.preprocess, self.settings
+        if req.on_error == "skip":
+            return decode_some(req.images, pre, s)
+        files = [f for f in req.images if isinstance(f, bytes)]  # "fail": the API put no failure in
+        return decode_images(files, pre, s), {}
 
     async def embed_images(self, files: list[bytes], ticket: Ticket) -> Embeddings:
         rt = ticket.runtime

@@ -3,6 +3,7 @@ says what was wrong. None of them knows HTTP: app/api/errors.py maps codes to st
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -54,3 +55,13 @@ class ReloadFailed(EngineError):
 
 class LabelSetError(EngineError):
     """A label set that is unknown, misnamed, unreadable or cannot be stored; `code` says which."""
+
+
+@dataclass(frozen=True)
+class ImageFailure:
+    """One image of a request with on_error="skip" that could not be used: it gets this in place of
+    its labels, and the other images are classified. `code` is the one the whole request would have
+    failed with (a key of app/api/errors.py STATUS)."""
+
+    code: str
+    message: str
