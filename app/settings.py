@@ -52,6 +52,14 @@ class Settings(BaseSettings):
     queue_timeout_s: float = Field(
         default=30.0, gt=0, description="a request still queued after this long is dropped (503)"
     )
+    watchdog_ready_s: float = Field(
+        default=30.0, ge=0, description="one image-encoder call running longer: /readyz 503; 0: off"
+    )
+    watchdog_live_s: float = Field(
+        default=120.0,
+        ge=0,
+        description="one image-encoder call running longer: /healthz 503 (restart); 0: off",
+    )
     retry_after_s: int = Field(default=1, ge=0, description="the Retry-After sent with 503 overloaded")
     # request limits
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024, description="per image file")
@@ -116,6 +124,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"max_queue ({self.max_queue}) must hold one full request "
                 f"(max_images_per_request={self.max_images_per_request})"
+            )
+        if 0 < self.watchdog_live_s < self.watchdog_ready_s:
+            raise ValueError(
+                f"watchdog_live_s ({self.watchdog_live_s}) must not be below watchdog_ready_s "
+                f"({self.watchdog_ready_s}): a replica is taken out of the balancer before it is restarted"
             )
         if self.admin_token is not None and len(self.admin_token) < 8:
             raise ValueError("admin_token must be at least 8 characters")

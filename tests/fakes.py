@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,34 @@ def fake_runtime(settings: Settings, version: str) -> ModelRuntime:
     }
     sha = hashlib.sha256(f"fake/{settings.model_name}/{version}".encode()).hexdigest()
     return ModelRuntime(settings.model_name, version, sha, 100.0, FakeEncoders(), manifest)
+
+
+class GatedEncoders(FakeEncoders):
+    """Once armed, image-encoder calls wait for `release`, so what comes after the first stays queued."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered, self.release = threading.Event(), threading.Event()
+        self.armed = False  # not during the warm-up at start
+        self.timeout_s = 10.0
+        self.calls: list[int] = []
+
+    def encode_images(self, pixel_values: Any) -> Any:
+        if not self.armed:
+            return super().encode_images(pixel_values)
+        self.calls.append(len(pixel_values))
+        self.entered.set()
+        assert self.release.wait(self.timeout_s), "the test never released the encoder"
+        return super().encode_images(pixel_values)
+
+    def runtime_factory(self) -> Callable[[Settings, str], ModelRuntime]:
+        """A runtime factory whose every runtime runs on these encoders."""
+
+        def factory(settings: Settings, version: str) -> ModelRuntime:
+            rt = fake_runtime(settings, version)
+            return ModelRuntime(rt.name, rt.version, rt.sha, rt.logit_scale, self, rt.manifest)
+
+        return factory
 
 
 def fake_settings(tmp: Path, version: str = "fake-1", **kw: Any) -> Settings:

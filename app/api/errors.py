@@ -70,6 +70,7 @@ STATUS: dict[str, int] = {
     "overloaded": 503,
     "queue_timeout": 503,
     "draining": 503,
+    "encoder_stalled": 503,
     "label_set_unreadable": 503,
     "label_sets_unwritable": 503,
     "insufficient_storage": 507,

@@ -13,8 +13,11 @@ from app.api.schemas import ERRORS
 router = APIRouter()
 
 
-@router.get("/healthz", summary="The process is alive")
-async def healthz() -> dict[str, str]:
+@router.get(
+    "/healthz", summary="The process is alive (503 when its image encoder is stuck)", responses=ERRORS
+)
+async def healthz(engine: EngineDep) -> dict[str, str]:
+    engine.alive()  # 503 encoder_stalled: the orchestrator's liveness probe restarts the replica
     return {"status": "ok"}
 
 

@@ -78,6 +78,18 @@ class ImageBatcher:
         self._thread: threading.Thread | None = None
         self.batches = self.images = self.largest_batch = 0
         self.rejected = self.expired = self.cancelled = 0
+        self._running_since: float | None = None  # time.monotonic() when the encoder call began
+        self._running_images = 0
+
+    def running(self) -> tuple[float, int] | None:
+        """(seconds, images) of the encoder call under way, if one is: what the watchdog reads."""
+        since = self._running_since
+        return None if since is None else (time.monotonic() - since, self._running_images)
+
+    @property
+    def alive(self) -> bool:
+        """The worker thread runs (or was never started)."""
+        return self._thread is None or self._thread.is_alive()
 
     @property
     def pending(self) -> int:
@@ -220,6 +232,7 @@ class ImageBatcher:
             return
         pixels = live[0].pixels if len(live) == 1 else np.concatenate([it.pixels for it in live])
         t = time.perf_counter()
+        self._running_images, self._running_since = len(pixels), time.monotonic()
         try:
             feats = live[0].model.encode_images(pixels)
         except Exception as e:  # one bad batch must not stop the worker
@@ -227,6 +240,8 @@ class ImageBatcher:
             for it in live:
                 self._fail(it, e)
             return
+        finally:
+            self._running_since = None
         run_s = time.perf_counter() - t
         self.batches += 1
         self.images += len(pixels)

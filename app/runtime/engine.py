@@ -20,7 +20,7 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from app.runtime.batcher import Announcement, ImageBatcher
-from app.runtime.errors import Draining, ImageFailure, ModelUnavailable, ReloadFailed
+from app.runtime.errors import Draining, ImageFailure, ModelUnavailable, ReloadFailed, Stalled
 from app.runtime.images import decode_images, decode_some
 from app.runtime.label_cache import LabelCache
 from app.runtime.label_sets import LabelSet, LabelSetStore, check_name
@@ -127,10 +127,29 @@ class Engine:
         return rt
 
     def ready(self) -> None:
-        """Raise unless the server should be sent work: a model loaded and warm, not draining."""
+        """Raise unless the server should be sent work: a model loaded and warm, not draining, the
+        image encoder not stuck in one call for longer than watchdog_ready_s."""
         if self.draining:
             raise Draining("the server is shutting down")
         self.runtime()
+        self._watchdog(self.settings.watchdog_ready_s)
+
+    def alive(self) -> None:
+        """Raise if the process should be restarted: the batcher's worker is gone, or one encoder
+        call has run longer than watchdog_live_s (a hung call never gives its thread back)."""
+        if not self.batcher.alive:
+            raise Stalled("the image-encoder worker thread has stopped")
+        self._watchdog(self.settings.watchdog_live_s)
+
+    def _watchdog(self, limit_s: float) -> None:
+        running = self.batcher.running()
+        if limit_s and running is not None and running[0] > limit_s:
+            seconds, images = running
+            raise Stalled(
+                f"the image encoder has been running one batch of {images} images for {seconds:.0f} s "
+                f"(limit {limit_s:g} s)",
+                {"running_s": round(seconds, 1), "images": images, "limit_s": limit_s},
+            )
 
     def describe(self) -> dict[str, Any]:
         """GET /v1/models: the model, the batcher and the label cache."""

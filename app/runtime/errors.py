@@ -35,6 +35,13 @@ class Draining(EngineError):
     code = "draining"
 
 
+class Stalled(EngineError):
+    """The image encoder has run one call far past any expected time (or its worker is gone): not
+    ready (the balancer sends work elsewhere) and, past the liveness bound, not alive (restart)."""
+
+    code = "encoder_stalled"
+
+
 class QueueFull(EngineError):
     """The queue holds max_queue images already."""
 

@@ -9,7 +9,6 @@ import base64
 import io
 import json
 import logging
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +16,7 @@ import pytest
 from PIL import Image
 
 from app.main import create_app
-from app.runtime.model import ModelRuntime
-from app.settings import Settings
-from tests.fakes import FakeEncoders, fake_runtime, fake_settings
+from tests.fakes import GatedEncoders, fake_runtime, fake_settings
 
 
 def png(colour: tuple[int, int, int]) -> bytes:
@@ -31,24 +28,6 @@ def png(colour: tuple[int, int, int]) -> bytes:
 def body(colour: tuple[int, int, int]) -> bytes:
     images = [base64.b64encode(png(colour)).decode()]
     return json.dumps({"images": images, "labels": ["red", "blue"]}).encode()
-
-
-class GatedEncoders(FakeEncoders):
-    """Once armed, image-encoder calls wait for `release`, so what comes after the first stays queued."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.entered, self.release = threading.Event(), threading.Event()
-        self.armed = False  # not during the warm-up at start
-        self.calls: list[int] = []
-
-    def encode_images(self, pixel_values: Any) -> Any:
-        if not self.armed:
-            return super().encode_images(pixel_values)
-        self.calls.append(len(pixel_values))
-        self.entered.set()
-        assert self.release.wait(10), "the test never released the encoder"
-        return super().encode_images(pixel_values)
 
 
 class Client:
@@ -144,11 +123,7 @@ def test_a_client_gone_while_queued_is_dropped_before_the_encoder(
     caplog.set_level(logging.INFO)
     encoders = GatedEncoders()
 
-    def factory(settings: Settings, version: str) -> ModelRuntime:
-        rt = fake_runtime(settings, version)
-        return ModelRuntime(rt.name, rt.version, rt.sha, rt.logit_scale, encoders, rt.manifest)
-
-    app = create_app(fake_settings(tmp_path, max_wait_ms=0), factory)
+    app = create_app(fake_settings(tmp_path, max_wait_ms=0), encoders.runtime_factory())
     first_body, second_body = body((200, 0, 0)), body((0, 0, 200))
 
     async def test() -> None:
