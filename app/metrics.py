@@ -80,6 +80,14 @@ class Metrics:
             ["route", "method", "status"],
             registry=self.registry,
         )
+        # Only with API keys: ids are hash prefixes (app/runtime/quotas.py key_id), never keys, and
+        # their number is bounded by the keys configured.
+        self.key_requests = Counter(
+            "zeroshot_key_requests",
+            "HTTP requests to /v1 by API key id and status (429: over a quota)",
+            ["key_id", "status"],
+            registry=self.registry,
+        )
         self.latency = Histogram(
             "zeroshot_request_duration_seconds",
             "HTTP request latency by route",
@@ -139,4 +147,7 @@ class MetricsMiddleware:
                 route: Any = scope.get("route")
                 path = getattr(route, "path", None) or "unmatched"
                 m.requests.labels(path, scope["method"], str(status[0])).inc()
+                kid = scope.get("state", {}).get("key_id")  # set by the API-key check
+                if kid is not None:
+                    m.key_requests.labels(kid, str(status[0])).inc()
                 m.latency.labels(path).observe(time.perf_counter() - t0)

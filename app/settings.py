@@ -93,6 +93,18 @@ class Settings(BaseSettings):
     api_keys: Annotated[frozenset[str], NoDecode] = Field(
         default=frozenset(), description="keys accepted for /v1 (comma list); empty: /v1 is open"
     )
+    key_requests_per_s: float = Field(
+        default=0.0, ge=0, description="requests per second per API key (token bucket); 0: no limit"
+    )
+    key_request_burst: int = Field(
+        default=0, ge=0, description="requests a key may send at once above its rate; 0: one second's worth"
+    )
+    key_max_concurrent: int = Field(
+        default=0, ge=0, description="requests in flight per API key; 0: no limit"
+    )
+    key_prompts_per_minute: int = Field(
+        default=0, ge=0, description="prompts a key may make the text encoder run per minute; 0: no limit"
+    )
     admin_token: str | None = Field(
         default=None, description="enables reload and label-set changes; unset: those routes are off"
     )

@@ -13,10 +13,13 @@ loop and read the two headers themselves.
 from __future__ import annotations
 
 import hmac
+from collections.abc import AsyncIterator
 
 from fastapi import Depends, Request
 
 from app.api.errors import ApiError
+from app.runtime.engine import Engine
+from app.runtime.quotas import ANONYMOUS, key_id
 from app.settings import Settings
 
 
@@ -37,10 +40,10 @@ def _matches(given: str, secrets: list[str]) -> bool:
     return ok
 
 
-async def require_api_key(request: Request) -> None:
-    s: Settings = request.app.state.settings
+def _check_key(request: Request, s: Settings) -> str:
+    """The key id of a request that may use /v1 (ANONYMOUS while /v1 is open); 401 otherwise."""
     if not s.api_keys:
-        return
+        return ANONYMOUS
     secrets = [*s.api_keys, *([s.admin_token] if s.admin_token else [])]
     given = _given(request)
     if not given:
@@ -49,6 +52,22 @@ async def require_api_key(request: Request) -> None:
         )
     if not _matches(given, secrets):
         raise ApiError("unauthorized", "the API key is not valid")
+    return key_id(given)
+
+
+async def require_api_key(request: Request) -> AsyncIterator[None]:
+    """The key, then its quotas for the whole request (429 + Retry-After beyond them). The key id
+    is left in request.state for the routes (prompt budget) and the metrics (requests by key)."""
+    s: Settings = request.app.state.settings
+    kid = request.state.key_id = _check_key(request, s)
+    engine: Engine = request.app.state.engine
+    with engine.quotas.request(kid):
+        yield
+
+
+def client_id(request: Request) -> str:
+    """The key id that require_api_key found for this request."""
+    return str(getattr(request.state, "key_id", ANONYMOUS))
 
 
 async def require_admin(request: Request) -> None:

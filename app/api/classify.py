@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from app.api.auth import ApiKey
+from app.api.auth import ApiKey, client_id
 from app.api.body import (
     JSON,
     MULTIPART,
@@ -113,16 +113,16 @@ async def parse(request: Request, s: Settings) -> ClassifyRequest:
             images = await uploaded_images_or_failures(items, s)
         else:
             images = await uploaded_images(items, s)
-        return ClassifyRequest(images, query, parse_top_k(form.get("top_k")), on_error)
+        return ClassifyRequest(images, query, parse_top_k(form.get("top_k")), on_error, client_id(request))
     body = await read_json(request, ClassifyJson)
     labels = None if body.labels is None else check_labels(body.labels, s.max_labels_per_request)
     query = LabelQuery(labels=labels, label_set=body.label_set, templates=body.templates)
     on_error = parse_on_error(body.on_error)
     if on_error == "skip":
-        return ClassifyRequest(
-            base64_images_or_failures(body.images, s), query, parse_top_k(body.top_k), on_error
-        )
-    return ClassifyRequest(base64_images(body.images, s), query, parse_top_k(body.top_k))
+        images = base64_images_or_failures(body.images, s)
+    else:
+        images = base64_images(body.images, s)
+    return ClassifyRequest(images, query, parse_top_k(body.top_k), on_error, client_id(request))
 
 
 def to_json(result: ClassifyResult) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from app.api.auth import ApiKey
+from app.api.auth import ApiKey, client_id
 from app.api.body import JSON, MULTIPART, base64_images, body_kind, read_form, read_json, uploaded_images
 from app.api.deps import EngineDep, SettingsDep
 from app.api.disconnect import unless_disconnected
@@ -60,7 +60,8 @@ async def text_embeddings(request: Request, engine: EngineDep, s: SettingsDep) -
     body_kind(request, JSON)
     body = await read_json(request, TextsJson)
     texts = check_labels(body.texts, s.max_labels_per_request, what="text")
-    return to_json(await unless_disconnected(request, engine.embed_texts(texts, body.templates)))
+    work = engine.embed_texts(texts, body.templates, client_id(request))
+    return to_json(await unless_disconnected(request, work))
 
 
 def to_json(e: Embeddings) -> dict[str, Any]:

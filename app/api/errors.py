@@ -8,6 +8,7 @@ say what went wrong and never choose a status; the API's own parse errors (ApiEr
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -47,6 +48,8 @@ STATUS: dict[str, int] = {
     # the wrong kind
     "unsupported_media_type": 415,
     "unsupported_format": 415,
+    # one key over its quota (with Retry-After)
+    "quota_exceeded": 429,
     # readable, but not valid
     "invalid_request": 422,
     "invalid_image": 422,
@@ -112,7 +115,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(EngineError)
     async def _engine(request: Request, e: EngineError) -> JSONResponse:
-        return respond(request, e.code, e.message, e.detail)
+        wait = getattr(e, "retry_after_s", None)  # QuotaExceeded knows when the key may retry
+        headers = None if wait is None else {"Retry-After": str(max(1, math.ceil(wait)))}
+        return respond(request, e.code, e.message, e.detail, headers)
 
     @app.exception_handler(ImageError)
     async def _image(request: Request, e: ImageError) -> JSONResponse:

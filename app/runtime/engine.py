@@ -32,6 +32,7 @@ from app.runtime.labels import (
     check_token_lengths,
 )
 from app.runtime.model import ModelRuntime, RuntimeFactory, load_runtime
+from app.runtime.quotas import ANONYMOUS, Quotas
 from app.runtime.reload import ModelHolder, ReloadResult, watch
 from app.settings import Settings
 from model.bundle.prompts import DEFAULT_SET, TEMPLATE_SETS, resolve_templates
@@ -61,6 +62,7 @@ class ClassifyRequest:
     labels: LabelQuery
     top_k: int | None = None  # >= 1; None: the default; more than there are labels: all of them
     on_error: OnError = "fail"  # fail: one bad image fails the request; skip: it gets a failure
+    client: str = ANONYMOUS  # who asks: a key id (app/runtime/quotas.py), for its prompt budget
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,7 @@ class Engine:
             settings.max_templates_per_request, settings.max_prompts_per_label_set, "label set"
         )
         self.matrices = LabelMatrices(self.cache, self.label_sets, self.budget)
+        self.quotas = Quotas(settings)
         self.draining = False  # set on SIGTERM and at shutdown: readiness fails from then on
         self._watcher: asyncio.Task[None] | None = None
 
@@ -194,6 +197,10 @@ class Engine:
         named = req.labels.label_set
         ls = None if named is None else await run_in_threadpool(self.label_sets.get, named)
         plan = self.matrices.plan(rt, req.labels, ls)
+        if plan.matrix is None and ls is None:  # ad-hoc labels to encode: the key's prompt budget
+            self.quotas.spend_prompts(
+                req.client, self.cache.missing(rt.sha, plan.labels, plan.templates) * len(plan.templates)
+            )
         k = min(req.top_k or s.default_top_k, len(plan.labels))
         pixels, failed = await run_in_threadpool(self._decode, req, rt)
         t1 = time.perf_counter()
@@ -237,16 +244,20 @@ class Engine:
         return self.batcher.wait(items)
 
     # --- texts and label sets ---
-    async def embed_texts(self, texts: list[str], templates: str | list[str] | None) -> Embeddings:
+    async def embed_texts(
+        self, texts: list[str], templates: str | list[str] | None, client: str = ANONYMOUS
+    ) -> Embeddings:
         """Each text as it is, or (with templates) as a label put into every template and averaged."""
         rt = self.runtime()
         if templates is None:
             check_token_lengths(rt, texts, ("{}",))
+            self.quotas.spend_prompts(client, len(texts))
             feats = await run_in_threadpool(rt.encoders.encode_texts, texts)
         else:
             tmpl = resolve_templates(templates)
             self.budget.check(len(texts), len(tmpl))
             check_token_lengths(rt, texts, tmpl)
+            self.quotas.spend_prompts(client, self.cache.missing(rt.sha, texts, tmpl) * len(tmpl))
             feats = await run_in_threadpool(self.cache.get_or_build, rt.encoders, rt.sha, texts, tmpl)
         return Embeddings(rt.ref, feats)
 

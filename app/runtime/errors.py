@@ -42,6 +42,16 @@ class Stalled(EngineError):
     code = "encoder_stalled"
 
 
+class QuotaExceeded(EngineError):
+    """A key over one of its quotas (requests per second, at once, prompts per minute)."""
+
+    code = "quota_exceeded"
+
+    def __init__(self, message: str, detail: Any, retry_after_s: float) -> None:
+        super().__init__(message, detail)
+        self.retry_after_s = retry_after_s
+
+
 class QueueFull(EngineError):
     """The queue holds max_queue images already."""
 

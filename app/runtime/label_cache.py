@@ -79,6 +79,11 @@ class LabelCache:
                 self.hits += len(labels)
             return m
 
+    def missing(self, sha: str, labels: Sequence[str], templates: Templates) -> int:
+        """How many of `labels` a build would encode now (no LRU move, no counts): for quotas."""
+        with self._lock:
+            return sum((sha, templates, lb) not in self._items for lb in labels)
+
     def put_set(self, sha: str, labels: Sequence[str], templates: Templates, matrix: np.ndarray) -> None:
         with self._lock:
             self._put((sha, templates, tuple(labels)), matrix)
