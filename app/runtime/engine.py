@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Iterator, Sequence
@@ -196,11 +197,8 @@ class Engine:
         req.labels.check()
         named = req.labels.label_set
         ls = None if named is None else await run_in_threadpool(self.label_sets.get, named)
-        plan = self.matrices.plan(rt, req.labels, ls)
-        if plan.matrix is None and ls is None:  # ad-hoc labels to encode: the key's prompt budget
-            self.quotas.spend_prompts(
-                req.client, self.cache.missing(rt.sha, plan.labels, plan.templates) * len(plan.templates)
-            )
+        charge = functools.partial(self.quotas.spend_prompts, req.client)  # the key's prompt budget
+        plan = self.matrices.plan(rt, req.labels, ls, charge)
         k = min(req.top_k or s.default_top_k, len(plan.labels))
         pixels, failed = await run_in_threadpool(self._decode, req, rt)
         t1 = time.perf_counter()
@@ -250,14 +248,14 @@ class Engine:
         """Each text as it is, or (with templates) as a label put into every template and averaged."""
         rt = self.runtime()
         if templates is None:
+            self.quotas.spend_prompts(client, len(texts))  # before any tokenizing
             check_token_lengths(rt, texts, ("{}",))
-            self.quotas.spend_prompts(client, len(texts))
             feats = await run_in_threadpool(rt.encoders.encode_texts, texts)
         else:
             tmpl = resolve_templates(templates)
             self.budget.check(len(texts), len(tmpl))
-            check_token_lengths(rt, texts, tmpl)
             self.quotas.spend_prompts(client, self.cache.missing(rt.sha, texts, tmpl) * len(tmpl))
+            check_token_lengths(rt, texts, tmpl)
             feats = await run_in_threadpool(self.cache.get_or_build, rt.encoders, rt.sha, texts, tmpl)
         return Embeddings(rt.ref, feats)
 

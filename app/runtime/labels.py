@@ -10,7 +10,7 @@ matrix is stored for a restart or another replica.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,9 +114,17 @@ class LabelMatrices:
     def __init__(self, cache: LabelCache, store: LabelSetStore, budget: PromptBudget) -> None:
         self.cache, self.store, self.budget = cache, store, budget
 
-    def plan(self, rt: ModelRuntime, query: LabelQuery, label_set: LabelSet | None) -> LabelPlan:
+    def plan(
+        self,
+        rt: ModelRuntime,
+        query: LabelQuery,
+        label_set: LabelSet | None,
+        charge: Callable[[int], None] | None = None,
+    ) -> LabelPlan:
         """The plan of a checked query (`query.check()`); `label_set` is the set it names, already
-        read from the store. One cache lookup; labels not cached are checked against the context."""
+        read from the store. One cache lookup; ad-hoc labels not cached are first charged to
+        `charge` (the prompts they would encode: the key's quota, which may refuse them before any
+        tokenizing), then checked against the tokenizer and the context."""
         if label_set is not None:
             m = self.cache.cached_set(rt.sha, label_set.labels, label_set.templates)
             return LabelPlan(label_set.labels, label_set.templates, m, label_set)
@@ -126,6 +134,8 @@ class LabelMatrices:
         self.budget.check(len(labels), len(templates))
         m = self.cache.cached_set(rt.sha, labels, templates)
         if m is None:  # a list the cache holds passed these checks when it was built
+            if charge is not None:
+                charge(self.cache.missing(rt.sha, labels, templates) * len(templates))
             check_distinct(rt, labels)
             check_token_lengths(rt, labels, templates)
         return LabelPlan(labels, templates, m)

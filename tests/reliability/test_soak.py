@@ -1,5 +1,7 @@
-"""Soak: minutes of steady mixed load on a real `zeroshot serve` process. No request fails, and its
-resident memory stops growing once warm (the second half grows by less than a small bound).
+"""Soak: minutes of steady mixed load on a real `zeroshot serve` process, beside a hostile client, a
+client that hangs up mid-request and a greedy client over its quotas. No well-behaved request fails,
+every hostile one gets a 4xx, `/metrics` counts no 5xx at all (disconnects are 499), and resident
+memory stops growing once warm (the second half grows by less than a small bound).
 
 ZEROSHOT_SOAK_S sets the duration (default 120 s); the figures are printed for bench/README.md.
 """
@@ -8,7 +10,10 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
+import re
+import socket
 import threading
 import time
 from collections import Counter
@@ -23,6 +28,46 @@ CLASSES = [class_name(*c) for c in all_classes()]
 SECONDS = float(os.environ.get("ZEROSHOT_SOAK_S", "120"))
 CLIENTS = 4
 GROWTH_MB = 16  # allowed RSS growth over the second half
+KEYS = [f"soak-key-{k}-abcdef" for k in range(CLIENTS)]
+GREEDY = "soak-key-greedy-abcdef"
+DEEP = "[" * 50_000 + "]" * 50_000
+
+
+def hostile(i: int, img: bytes) -> tuple[str, dict]:
+    """The i-th hostile request: (path, httpx keyword arguments); each must get a 4xx."""
+    b64 = base64.b64encode(img).decode()
+    cases: list[tuple[str, dict]] = [
+        ("/v1/classify", {"content": DEEP, "headers": {"content-type": "application/json"}}),
+        ("/v1/classify", {"json": {"images": ["%%%"], "labels": ["a", "b"]}}),
+        (
+            "/v1/classify",
+            {"json": {"images": [b64], "labels": ["a", "b"], "templates": [f"{{}} {k}" for k in range(500)]}},
+        ),
+        ("/v1/classify", {"json": {"images": [b64], "labels": ["yellow cross", "Yellow  Cross"]}}),
+        (
+            "/v1/classify",
+            {"files": {"image": ("x", b"not an image", "image/png")}, "data": {"labels": ["a", "b"]}},
+        ),
+        (
+            "/v1/classify",
+            {"content": b"--x\r\nbroken", "headers": {"content-type": "multipart/form-data; boundary=x"}},
+        ),
+        ("/v1/classify", {"content": b"labels=a", "headers": {"content-type": "text/plain"}}),
+        ("/v1/label-sets/nope", {}),
+    ]
+    return cases[i % len(cases)]
+
+
+def hang_up(base: str, body: bytes, whole: bool) -> None:
+    """Send a classify request and close the connection: mid-body, or before reading the answer."""
+    host, port = base.removeprefix("http://").split(":")
+    head = (
+        f"POST /v1/classify HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEYS[0]}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head + (body if whole else body[: len(body) // 2]))
+        time.sleep(0.05)
 
 
 def rss_mb(pid: int) -> float:
@@ -49,7 +94,7 @@ def test_steady_load_has_no_errors_and_memory_levels_off(tmp_path: Path) -> None
     stop = threading.Event()
 
     def client(base: str, k: int) -> None:
-        with httpx.Client(base_url=base, timeout=30) as c:
+        with httpx.Client(base_url=base, timeout=30, headers={"Authorization": f"Bearer {KEYS[k]}"}) as c:
             i = k
             while not stop.is_set():
                 i += 1
@@ -74,9 +119,47 @@ def test_steady_load_has_no_errors_and_memory_levels_off(tmp_path: Path) -> None
                 except httpx.HTTPError as e:
                     errors.append(repr(e))
 
-    env = {"ZEROSHOT_RELOAD_INTERVAL_S": "1", "ZEROSHOT_DRAIN_S": "0"}
+    others: Counter[str] = Counter()
+
+    def attacker(base: str) -> None:
+        with httpx.Client(base_url=base, timeout=30, headers={"Authorization": f"Bearer {KEYS[1]}"}) as c:
+            i = 0
+            while not stop.is_set():
+                path, kw = hostile(i, imgs[0])
+                r = c.get(path) if not kw else c.post(path, **kw)
+                others["hostile 4xx" if 400 <= r.status_code < 500 else f"hostile {r.status_code}"] += 1
+                b64 = base64.b64encode(imgs[i % len(imgs)]).decode()
+                body = json.dumps({"images": [b64], "labels": ["a", "b"]}).encode()
+                hang_up(base, body, whole=bool(i % 2))
+                others["hung up"] += 1
+                i += 1
+                time.sleep(0.05)
+
+    def greedy(base: str, k: int) -> None:
+        with httpx.Client(base_url=base, timeout=30, headers={"Authorization": f"Bearer {GREEDY}"}) as c:
+            i = 0
+            while not stop.is_set():
+                labels = [f"greedy {k} {i} {j}" for j in range(40)]
+                r = c.post(
+                    "/v1/classify",
+                    files={"image": ("x", imgs[i % len(imgs)], "image/png")},
+                    data={"labels": labels},
+                )
+                others[f"greedy {r.status_code}"] += 1
+                i += 1
+
+    env = {
+        "ZEROSHOT_RELOAD_INTERVAL_S": "1",
+        "ZEROSHOT_DRAIN_S": "0",
+        "ZEROSHOT_API_KEYS": ",".join([*KEYS, GREEDY]),
+        "ZEROSHOT_KEY_MAX_CONCURRENT": "2",
+        "ZEROSHOT_KEY_PROMPTS_PER_MINUTE": "2000",
+        "ZEROSHOT_MAX_TEMPLATES_PER_REQUEST": "100",
+    }
     with served_process(tmp_path, env) as (proc, base):
         threads = [threading.Thread(target=client, args=(base, k)) for k in range(CLIENTS)]
+        threads += [threading.Thread(target=attacker, args=(base,))]
+        threads += [threading.Thread(target=greedy, args=(base, k)) for k in range(3)]
         for t in threads:
             t.start()
         samples: list[tuple[float, float]] = []
@@ -87,15 +170,23 @@ def test_steady_load_has_no_errors_and_memory_levels_off(tmp_path: Path) -> None
         stop.set()
         for t in threads:
             t.join()
+        metrics = httpx.get(f"{base}/metrics").text
+    by_status = Counter[str]()
+    for status, n in re.findall(r'zeroshot_requests_total\{[^}]*status="(\d+)"\} ([0-9.e+]+)', metrics):
+        by_status[status] += int(float(n))
     total = sum(statuses.values())
     half = [mb for t, mb in samples if t >= SECONDS / 2]
     growth = half[-1] - half[0]
     print(
         f"\nsoak: {total} requests in {SECONDS:.0f} s ({total / SECONDS:.0f}/s, {CLIENTS} clients), "
-        f"statuses {dict(statuses)}; RSS MB at "
+        f"statuses {dict(statuses)}; others {dict(others)}; /metrics by status {dict(by_status)}; RSS MB at "
         + ", ".join(f"{t:.0f}s={mb:.0f}" for t, mb in samples)
         + f"; second-half growth {growth:+.1f} MB"
     )
     assert not errors, errors[:3]
     assert total > SECONDS  # the load really ran
+    assert [k for k in others if k.startswith("hostile") and k != "hostile 4xx"] == []
+    assert others["greedy 429"] > 0 and others["greedy 200"] > 0  # over its quota, and served within it
+    assert not [s for s in by_status if s.startswith("5")], by_status  # no 5xx counted, disconnects included
+    assert by_status["499"] > 0  # the hang-ups were seen, and counted as the client's
     assert growth < GROWTH_MB, f"RSS grew {growth:.1f} MB over the second half"
