@@ -40,6 +40,11 @@ class _State(Collector):
                 "requests dropped after their deadline passed in the queue",
                 self.batcher.expired,
             ),
+            (
+                "zeroshot_queue_cancelled",
+                "queued image batches dropped unencoded because their client went away",
+                self.batcher.cancelled,
+            ),
             ("zeroshot_label_cache_hits", "labels found in the label-embedding cache", self.cache.hits),
             ("zeroshot_label_cache_misses", "labels that had to be encoded", self.cache.misses),
             (

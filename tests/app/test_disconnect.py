@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from PIL import Image
+from prometheus_client import generate_latest
 
 from app.main import create_app
 from tests.fakes import GatedEncoders, fake_runtime, fake_settings
@@ -147,5 +148,6 @@ def test_a_client_gone_while_queued_is_dropped_before_the_encoder(
 
     asyncio.run(_with_engine(app, test))
     assert encoders.calls == [1]  # the second image never reached the encoder
+    assert "zeroshot_queue_cancelled_total 1.0" in generate_latest(app.state.metrics.registry).decode()
     assert requests_counted(app) == {"200": 1, "499": 1}
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
