@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from model.cli_types import non_negative_int, port, positive_float, positive_int
+
 log = logging.getLogger("zeroshot")
 
 DEFAULT_MODELS = Path("models")
@@ -60,29 +62,37 @@ _TRAIN_FLAGS = (
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from model.clip import get_preset
     from model.train import TrainConfig, load_checkpoint, train
 
     overrides: dict[str, Any] = {}
     if args.resume:  # continue with the run's own settings; flags below still override them
         overrides = dict(load_checkpoint(args.resume).get("train_config") or {})
     if args.config:
-        try:
-            overrides.update(json.loads(Path(args.config).read_text()))
-        except FileNotFoundError:
-            raise CliError(f"config file {args.config} does not exist") from None
-        except ValueError as e:
-            raise CliError(f"config file {args.config} is not valid JSON: {e}") from None
-    for key in _TRAIN_FLAGS:
+        overrides.update(_train_config_file(args.config))
+    for key in _TRAIN_FLAGS:  # each already range-checked by its argparse type
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     if args.out is not None or "out_dir" not in overrides:
         overrides["out_dir"] = args.out or "runs/default"
-    cfg = TrainConfig.from_dict(overrides)
-    get_preset(cfg.preset)  # fail fast on an unknown preset
+    cfg = TrainConfig.from_dict(overrides)  # the whole config, across fields and sources
+    cfg.preflight()  # fail fast on an unknown preset or eval template set, before anything is written
     last = train(cfg, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 speaks for the run
         print(f"checkpoint: {last}\ncurves: {Path(cfg.out_dir) / 'curves.png'}")
+
+
+def _train_config_file(path: str) -> dict[str, Any]:
+    """A `--config` file's fields, each checked on its own so that an error names the file."""
+    from model.train import TrainConfig
+
+    try:
+        raw = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise CliError(f"config file {path} does not exist") from None
+    except ValueError as e:
+        raise CliError(f"config file {path} is not valid JSON: {e}") from None
+    TrainConfig.check(raw, where=f"config {path}: ")
+    return dict(raw)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -219,14 +229,18 @@ def _train_parser(sub: Subparsers) -> None:
     t.add_argument("--data-path", help="CSV/TSV file, image folder, or tar shards (brace pattern or folder)")
     t.add_argument("--out", help="run folder: checkpoints, metrics, curves (default runs/default)")
     t.add_argument("--config", help="JSON file of TrainConfig fields; flags override it")
-    t.add_argument("--steps", type=int)
-    t.add_argument("--batch-size", type=int, help="global batch: all ranks and accumulation steps together")
-    t.add_argument("--accum-steps", type=int, help="micro-batches per step (same negatives)")
-    t.add_argument("--lr", type=float)
-    t.add_argument("--seed", type=int)
+    t.add_argument("--steps", type=positive_int)
+    t.add_argument(
+        "--batch-size", type=positive_int, help="global batch: all ranks and accumulation steps together"
+    )
+    t.add_argument("--accum-steps", type=positive_int, help="micro-batches per step (same negatives)")
+    t.add_argument("--lr", type=positive_float)
+    t.add_argument("--seed", type=non_negative_int)
     t.add_argument("--precision", choices=["fp32", "bf16"])
-    t.add_argument("--max-minutes", type=float, help="stop (and checkpoint) after this much training time")
-    t.add_argument("--num-workers", type=int, help="data-loading worker processes (default 1)")
+    t.add_argument(
+        "--max-minutes", type=positive_float, help="stop (and checkpoint) after this much training time"
+    )
+    t.add_argument("--num-workers", type=non_negative_int, help="data-loading worker processes (default 1)")
     t.add_argument("--device", help="auto (CUDA when there is one), cpu or cuda")
     t.add_argument("--init-from", help="fine-tune from a checkpoint, run folder or imported bundle")
     t.add_argument(
@@ -236,7 +250,9 @@ def _train_parser(sub: Subparsers) -> None:
     t.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     t.add_argument("--eval-folder", help="image folder of classes to evaluate on during training")
     t.add_argument("--eval-templates", help="template set for --eval-folder (default: default)")
-    t.add_argument("--keep-checkpoints", type=int, help="step-N.pt copies to keep (default 3)")
+    t.add_argument(
+        "--keep-checkpoints", type=non_negative_int, help="step-N.pt copies to keep (default 3; 0: none)"
+    )
     t.add_argument("--resume", help="continue from this checkpoint")
     t.set_defaults(func=cmd_train)
 
@@ -248,7 +264,9 @@ def _export_parser(sub: Subparsers) -> None:
         "--out", default=str(DEFAULT_MODELS / "default"), help="model folder (default models/default)"
     )
     e.add_argument("--version", help="bundle version (default: UTC timestamp)")
-    e.add_argument("--tolerance", type=float, default=1e-4, help="max abs diff ONNX vs torch (default 1e-4)")
+    e.add_argument(
+        "--tolerance", type=positive_float, default=1e-4, help="max abs diff ONNX vs torch (default 1e-4)"
+    )
     e.add_argument("--no-publish", action="store_true", help="write the bundle but do not make it CURRENT")
     e.add_argument(
         "--int8",
@@ -279,7 +297,9 @@ def _import_parser(sub: Subparsers) -> None:
         choices=["quick_gelu", "gelu"],
         help="open_clip only (default gelu; quick_gelu for its -quickgelu models); openai is quick_gelu",
     )
-    im.add_argument("--tolerance", type=float, default=1e-4, help="max abs diff ONNX vs torch (default 1e-4)")
+    im.add_argument(
+        "--tolerance", type=positive_float, default=1e-4, help="max abs diff ONNX vs torch (default 1e-4)"
+    )
     im.add_argument("--no-publish", action="store_true", help="write the bundle but do not make it CURRENT")
     im.add_argument(
         "--checkpoint-out", help="zeroshot checkpoint of the weights (default runs/import-NAME/imported.pt)"
@@ -303,10 +323,12 @@ def _eval_parser(sub: Subparsers) -> None:
         help="comma-separated template sets or template files (default none,default,synthetic; "
         "with --folder default,imagenet7,imagenet80)",
     )
-    v.add_argument("--heldout-images", type=int, default=600)
-    v.add_argument("--seen-images", type=int, default=1500)
+    v.add_argument("--heldout-images", type=positive_int, default=600)
+    v.add_argument("--seen-images", type=positive_int, default=1500)
     v.add_argument("--folder", help="evaluate this image folder (one sub-folder per class) instead")
-    v.add_argument("--limit", type=int, help="with --folder: at most N images, round-robin over classes")
+    v.add_argument(
+        "--limit", type=positive_int, help="with --folder: at most N images, round-robin over classes"
+    )
     v.add_argument(
         "--image-precision",
         choices=["fp32", "int8"],
@@ -330,7 +352,7 @@ def _retrain_parser(sub: Subparsers) -> None:
 def _serve_parser(sub: Subparsers) -> None:
     s = sub.add_parser("serve", help="serve the CURRENT bundle over HTTP (settings: ZEROSHOT_* variables)")
     s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--port", type=port, default=8000)
     s.add_argument("--models", help="models folder (default: $ZEROSHOT_MODELS_DIR or models)")
     s.add_argument("--model", help="model name (default: $ZEROSHOT_MODEL_NAME or default)")
     s.set_defaults(func=cmd_serve)

@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from model.bundle.format import Bundle, BundleError, current_bundle, new_version, set_current
+from model.bundle.prompts import load_templates
 from model.checkpoints import BEST, LAST, TrainError
+from model.train_config import Range, TrainConfig, check_fields
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,48 @@ PUBLISHED, REFUSED = 0, 2  # exit codes of `zeroshot retrain`
 
 class RetrainError(ValueError):
     """A retrain config that cannot run; the message says what is wrong."""
+
+
+@dataclass
+class _EvalSection:
+    """The `eval` object's keys, as evaluate() below reads them; only their annotations are used."""
+
+    folder: str | None = None
+    synthetic: bool = False
+    templates: str = "default"
+    limit: int | None = None  # folder: at most this many images
+    heldout_images: int = 600  # synthetic
+    seen_images: int = 600
+
+
+_EVAL_RANGES: dict[str, Range] = {
+    "folder": (lambda v: bool(v.strip()), "that is not empty"),
+    "templates": (lambda v: bool(v.strip()), "that is not empty"),
+    "limit": (lambda v: v >= 1, ">= 1"),
+    "heldout_images": (lambda v: v >= 1, ">= 1"),
+    "seen_images": (lambda v: v >= 1, ">= 1"),
+}
+# margin is a fraction of top-1 that may be lost, so at least 1 would publish anything; tolerance is
+# export's max abs difference ONNX vs torch, and 0 or less would refuse every export
+_RANGES: dict[str, Range] = {
+    "model_dir": (lambda v: bool(v.strip()), "that is not empty"),
+    "metric": (lambda v: bool(v.strip()), "that is not empty"),
+    "margin": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "tolerance": (lambda v: v > 0, "> 0"),
+}
+
+
+def _check_eval(ev: dict[str, Any], where: str) -> None:
+    if unknown := set(ev) - {f.name for f in fields(_EvalSection)}:
+        raise RetrainError(f"{where}unknown keys: {', '.join(sorted(unknown))}")
+    if problem := check_fields(_EvalSection, ev, _EVAL_RANGES, where):
+        raise RetrainError(problem)
+    if not (ev.get("folder") or ev.get("synthetic")):
+        raise RetrainError('`eval` needs "folder": PATH or "synthetic": true')
+    if ev.get("folder"):  # checked now: found missing only after training and export otherwise
+        if not Path(ev["folder"]).is_dir():
+            raise RetrainError(f"{where}folder {ev['folder']} is not a folder")
+        load_templates(str(ev.get("templates", "default")))
 
 
 @dataclass
@@ -65,15 +109,16 @@ class RetrainConfig:
             raise RetrainError(f"unknown retrain config keys: {', '.join(sorted(unknown))}")
         if missing := {"model_dir", "train"} - set(raw):
             raise RetrainError(f"retrain config {path} lacks {', '.join(sorted(missing))}")
+        where = f"retrain config {path}: "
+        if problem := check_fields(cls, raw, _RANGES, where):
+            raise RetrainError(problem)
         cfg = cls(**raw)
-        if not isinstance(cfg.train, dict) or not isinstance(cfg.eval, dict):
-            raise RetrainError("`train` and `eval` must be JSON objects")
-        if not (cfg.eval.get("folder") or cfg.eval.get("synthetic")):
-            raise RetrainError('`eval` needs "folder": PATH or "synthetic": true')
-        if not 0 <= cfg.margin < 1:
-            raise RetrainError(f"margin must be in [0, 1), got {cfg.margin}")
         if cfg.int8_calibration is not None and not cfg.int8:
             raise RetrainError('"int8_calibration" is set but "int8" is not: set "int8": true')
+        _check_eval(cfg.eval, where + "eval: ")
+        # the whole train section now, not after the served model was read: a bad value, preset or
+        # template set is reported before anything is trained or written
+        TrainConfig.from_dict(cfg.train, where + "train: ").preflight()
         return cfg
 
     @property
@@ -112,7 +157,7 @@ def _served(model_dir: Path) -> Bundle | None:
 def retrain(cfg: RetrainConfig, force: bool = False, say: Any = print) -> int:
     """Run the loop; returns PUBLISHED or REFUSED. `say` reports each stage (stdout by default)."""
     from model.export import describe_parity, export_checkpoint
-    from model.train import TrainConfig, train
+    from model.train import train
 
     model_dir = Path(cfg.model_dir)
     version = new_version()

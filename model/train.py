@@ -92,6 +92,8 @@ def checkpoint_state(
 
 
 def _device(cfg: TrainConfig, d: dd.Dist) -> torch.device:
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():  # else an AssertionError later
+        raise TrainError(f"device {cfg.device}: CUDA is not available here (use auto or cpu)")
     if cfg.device == "auto":
         return torch.device(f"cuda:{d.local_rank}" if torch.cuda.is_available() else "cpu")
     if cfg.device == "cuda":

@@ -1,11 +1,134 @@
-"""TrainConfig: the one config of a training run, passed everywhere (model/train.py)."""
+"""TrainConfig: the one config of a training run, passed everywhere (model/train.py).
+
+Every value is checked where it enters (a config file, a flag, a checkpoint's saved config), against
+the field's annotation and a range, so a wrong one is a one-line error naming the field before any
+model is built or any file is written, instead of a TypeError deep in the loop or a run that
+"trains" -5 steps. `check_fields` is shared with the retrain config (model/retrain.py).
+"""
 
 from __future__ import annotations
 
+import math
+import types
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from model.checkpoints import TrainError
+
+# A range: the test a value of the right type must pass, and how the error message says it.
+Range = tuple[Callable[[Any], bool], str]
+
+
+def _is_device(v: str) -> bool:
+    import torch  # already loaded: model.checkpoints imports it
+
+    try:
+        torch.device(v)
+    except RuntimeError:  # torch's message lists every device type; ours names the field
+        return False
+    return True
+
+
+_NONEMPTY: Range = (lambda v: bool(v.strip()), "that is not empty")
+_AT_LEAST_1: Range = (lambda v: v >= 1, ">= 1")
+_AT_LEAST_0: Range = (lambda v: v >= 0, ">= 0")
+_ABOVE_0: Range = (lambda v: v > 0, "> 0")
+
+# Why each bound: steps, batch_size and accum_steps count things, and the loop divides by them;
+# checkpoint_every and eval_every are taken modulo; seed must be >= 0 for the data sources' numpy
+# generators; image_size >= 16 is what model/data/sources.py accepts; keep_checkpoints 0 and
+# grad_clip 0 are meaningful in model/train.py (no step-N.pt copies, no clipping); betas and eps are
+# AdamW's own bounds; min_lr_ratio is the floor of the cosine as a fraction of lr.
+TRAIN_RANGES: dict[str, Range] = {
+    "preset": _NONEMPTY,
+    "data": _NONEMPTY,
+    "out_dir": _NONEMPTY,
+    "steps": _AT_LEAST_1,
+    "batch_size": _AT_LEAST_1,
+    "accum_steps": _AT_LEAST_1,
+    "lr": _ABOVE_0,
+    "warmup_steps": _AT_LEAST_0,
+    "min_lr_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "weight_decay": _AT_LEAST_0,
+    "betas": (lambda v: all(0 <= b < 1 for b in v), "in [0, 1)"),
+    "eps": _ABOVE_0,
+    "seed": _AT_LEAST_0,
+    "device": (lambda v: v == "auto" or _is_device(v), "naming a device (auto, cpu, cuda, cuda:1, ...)"),
+    "image_size": (lambda v: v >= 16, ">= 16"),
+    "num_workers": _AT_LEAST_0,
+    "threads": _AT_LEAST_1,
+    "grad_clip": (lambda v: v >= 0, ">= 0 (0: no clipping)"),
+    "checkpoint_every": _AT_LEAST_1,
+    "keep_checkpoints": (lambda v: v >= 0, ">= 0 (0: no step-N.pt copies)"),
+    "eval_every": _AT_LEAST_1,
+    "eval_images": _AT_LEAST_1,
+    "eval_templates": _NONEMPTY,
+    "max_minutes": _ABOVE_0,
+}
+
+
+def _is_number(v: Any) -> bool:
+    # bool is an int to isinstance, and `true` where a count belongs is a mistake; NaN and inf
+    # would pass no range honestly (NaN compares false, inf steps or lr mean nothing)
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _kind(tp: Any) -> tuple[Callable[[Any], bool], str]:
+    """A test of a JSON value against one annotation, and the annotation in words."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is bool:
+        return (lambda v: isinstance(v, bool)), "true or false"
+    if tp is int:
+        return (lambda v: _is_number(v) and isinstance(v, int)), "an integer"
+    if tp is float:
+        return _is_number, "a number"
+    if tp is str:
+        return (lambda v: isinstance(v, str)), "a string"
+    if origin is Literal:
+        return (lambda v: v in args), "one of " + ", ".join(repr(a) for a in args)
+    if origin is dict:
+        return (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v)), "an object"
+    if origin is tuple:
+        each = [_kind(a)[0] for a in args]
+        return (
+            lambda v: (
+                isinstance(v, list | tuple)
+                and len(v) == len(each)
+                and all(ok(x) for ok, x in zip(each, v, strict=True))
+            )
+        ), f"a list of {len(args)} numbers"
+    raise TypeError(f"no check for the annotation {tp!r}")  # a new field needs one: fail in tests
+
+
+def _field_check(tp: Any, rng: Range | None) -> tuple[Callable[[Any], bool], str]:
+    """The whole test of one field (type, range, null where the annotation allows it) and its words."""
+    optional = typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+    inner = next(a for a in typing.get_args(tp) if a is not type(None)) if optional else tp
+    of_type, words = _kind(inner)
+    in_range, range_words = rng or ((lambda v: True), "")
+    words = f"{words} {range_words}".rstrip() + (" or null" if optional else "")
+
+    def ok(v: Any) -> bool:
+        return (optional and v is None) or (of_type(v) and in_range(v))
+
+    return ok, words
+
+
+def check_fields(
+    cls: type, values: Mapping[str, Any], ranges: Mapping[str, Range], where: str = ""
+) -> str | None:
+    """The first problem with the given fields of dataclass `cls` (known ones only), or None.
+
+    `where` starts the message: the file and section the values came from, e.g. "config c.json: "."""
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        if name in hints:
+            ok, words = _field_check(hints[name], ranges.get(name))
+            if not ok(value):
+                return f"{where}{name} must be {words}, not {value!r}"
+    return None
 
 
 @dataclass
@@ -50,13 +173,50 @@ class TrainConfig:
     max_minutes: float | None = None  # stop early (and checkpoint) when the time is up
     tensorboard: bool = True
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """TrainError naming the first field of the wrong type or out of its range."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        if problem := check_fields(TrainConfig, values, TRAIN_RANGES):
+            raise TrainError(problem)
+        # the loop splits each batch into accum_steps micro-batches (model/train.py _check_batch
+        # also divides by the world size, known only there)
+        if self.batch_size % self.accum_steps:
+            raise TrainError(
+                f"batch_size {self.batch_size} must be a multiple of accum_steps {self.accum_steps}"
+            )
+
+    def preflight(self) -> None:
+        """The names only a lookup can check (preset, eval templates), before anything is built or
+        written: a bad eval template set would otherwise end the run at its first eval."""
+        from model.bundle.prompts import load_templates
+        from model.clip import get_preset
+
+        get_preset(self.preset)
+        if self.eval_folder:
+            load_templates(self.eval_templates)
+
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
+    def check(cls, d: Mapping[str, Any], where: str = "") -> None:
+        """Check some fields (a config file's, a retrain config's `train`), each on its own: the
+        other fields may still come from elsewhere (flags), so no rule across fields here."""
+        if not isinstance(d, Mapping):
+            raise TrainError(f"{where}the train config must be a JSON object, not {type(d).__name__}")
+        unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
-            raise TrainError(f"unknown train config keys: {', '.join(sorted(unknown))}")
+            raise TrainError(f"{where}unknown train config keys: {', '.join(sorted(unknown))}")
+        if problem := check_fields(cls, d, TRAIN_RANGES, where):
+            raise TrainError(problem)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "") -> TrainConfig:
+        cls.check(d, where)
         d = dict(d)
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
-        return cls(**d)
+        try:
+            return cls(**d)  # __post_init__ validates the whole config, across fields too
+        except TrainError as e:
+            raise TrainError(f"{where}{e}") from None
