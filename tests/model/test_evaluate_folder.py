@@ -154,9 +154,13 @@ def test_cli_eval_folder(env: dict[str, Any], tmp_path: Path, capsys: pytest.Cap
         (("--limit", "5"), "--limit applies to --folder evaluation only"),
         (("--folder", str(tmp_path / "nope")), "does not exist"),
         (("--folder", folder, "--templates", str(tmp_path / "t.txt")), "neither a template set"),
-        (("--folder", folder, "--limit", "0"), "limit must be >= 1"),
     ]:  # in-process: the same main() as the command, without four more interpreter start-ups
         assert main(["eval", str(bundle), *args]) == 1
         err = capsys.readouterr().err
         errors = [ln for ln in err.splitlines() if ln.startswith("zeroshot: error: ")]
         assert len(errors) == 1 and needle in errors[0] and "Traceback" not in err, err
+    # a flag out of range is argparse's one line, exit 2, before anything is read
+    with pytest.raises(SystemExit) as stopped:
+        main(["eval", str(bundle), "--folder", folder, "--limit", "0"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "argument --limit: must be an integer >= 1, not '0'" in err, err
