@@ -7,7 +7,6 @@ argument is reported before anything loads. Every expected failure is one line o
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -83,14 +82,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def _train_config_file(path: str) -> dict[str, Any]:
     """A `--config` file's fields, each checked on its own so that an error names the file."""
-    from model.train import TrainConfig
+    from model.train_config import TrainConfig, read_json_file
 
-    try:
-        raw = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise CliError(f"config file {path} does not exist") from None
-    except ValueError as e:
-        raise CliError(f"config file {path} is not valid JSON: {e}") from None
+    raw = read_json_file(path, "config file", CliError)
     TrainConfig.check(raw, where=f"config {path}: ")
     return dict(raw)
 

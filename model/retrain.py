@@ -21,7 +21,6 @@ The config is a JSON file:
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any
 from model.bundle.format import Bundle, BundleError, current_bundle, new_version, set_current
 from model.bundle.prompts import load_templates
 from model.checkpoints import BEST, LAST, TrainError
-from model.train_config import Range, TrainConfig, check_fields
+from model.train_config import Range, TrainConfig, check_fields, read_json_file
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +95,7 @@ class RetrainConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> RetrainConfig:
-        try:
-            raw = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise RetrainError(f"retrain config {path} does not exist") from None
-        except ValueError as e:
-            raise RetrainError(f"retrain config {path} is not valid JSON: {e}") from None
+        raw = read_json_file(path, "retrain config", RetrainError)
         if not isinstance(raw, dict):
             raise RetrainError(f"retrain config {path} must be a JSON object")
         known = {f.name for f in fields(cls)}

@@ -8,11 +8,13 @@ model is built or any file is written, instead of a TypeError deep in the loop o
 
 from __future__ import annotations
 
+import json
 import math
 import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, Literal
 
 from model.checkpoints import TrainError
@@ -114,6 +116,16 @@ def _field_check(tp: Any, rng: Range | None) -> tuple[Callable[[Any], bool], str
         return (optional and v is None) or (of_type(v) and in_range(v))
 
     return ok, words
+
+
+def read_json_file(path: str | Path, what: str, error: Callable[[str], Exception]) -> Any:
+    """A config file's JSON, or `error` saying in one line that `what` is missing or not JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise error(f"{what} {path} does not exist") from None
+    except ValueError as e:
+        raise error(f"{what} {path} is not valid JSON: {e}") from None
 
 
 def check_fields(
