@@ -197,7 +197,8 @@ class Engine:
         req.labels.check()
         named = req.labels.label_set
         ls = None if named is None else await run_in_threadpool(self.label_sets.get, named)
-        charge = functools.partial(self.quotas.spend_prompts, req.client)  # the key's prompt budget
+        q = self.quotas  # the key's prompt budget, when one is set
+        charge = functools.partial(q.spend_prompts, req.client) if q.counts_prompts else None
         plan = self.matrices.plan(rt, req.labels, ls, charge)
         k = min(req.top_k or s.default_top_k, len(plan.labels))
         pixels, failed = await run_in_threadpool(self._decode, req, rt)
@@ -254,7 +255,8 @@ class Engine:
         else:
             tmpl = resolve_templates(templates)
             self.budget.check(len(texts), len(tmpl))
-            self.quotas.spend_prompts(client, self.cache.missing(rt.sha, texts, tmpl) * len(tmpl))
+            if self.quotas.counts_prompts:
+                self.quotas.spend_prompts(client, self.cache.missing(rt.sha, texts, tmpl) * len(tmpl))
             check_token_lengths(rt, texts, tmpl)
             feats = await run_in_threadpool(self.cache.get_or_build, rt.encoders, rt.sha, texts, tmpl)
         return Embeddings(rt.ref, feats)

@@ -111,6 +111,11 @@ class Quotas:
         finally:
             k.in_flight -= 1
 
+    @property
+    def counts_prompts(self) -> bool:
+        """Whether a prompt budget is set: counting a request's new prompts costs a cache pass."""
+        return bool(self.prompts_per_minute)
+
     def spend_prompts(self, kid: str, prompts: int) -> None:
         """Charge `prompts` to be encoded to key `kid`'s text-encoder budget, or refuse them all."""
         k = self._key(kid)
