@@ -176,9 +176,10 @@ class LabelSetStore:
 
     def delete(self, name: str) -> None:
         path = self._file(name)
-        if not path.exists():
-            raise LabelSetError(f"no label set named {name!r}", code="label_set_not_found")
-        path.unlink()
+        try:  # no exists() first: two DELETEs at once both saw the file, and the second's unlink was a 500
+            path.unlink()
+        except FileNotFoundError:
+            raise LabelSetError(f"no label set named {name!r}", code="label_set_not_found") from None
         self._parsed.pop(name, None)
         for m in self._matrices(name):
             m.unlink(missing_ok=True)
