@@ -104,6 +104,19 @@ def _build_clip_bpe(vocab_path: Path) -> Tokenizer:
     return tok
 
 
+def basic_clean(text: str) -> str:
+    """OpenAI's basic_clean: ftfy, then HTML entities unescaped twice."""
+    return html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+
+
+def _is_plain(text: str) -> bool:
+    """Printable ASCII without "&": text that basic_clean returns unchanged (ftfy repairs only
+    non-ASCII text, control characters and line breaks; unescaping needs "&"). Most labels and
+    prompts are plain, and ftfy took 60% of a label-set build (tests/model/test_tokenizer.py
+    holds the two paths equal)."""
+    return text.isascii() and text.isprintable() and "&" not in text
+
+
 class ClipTokenizer:
     """CLIP tokenizer: `clean` in Python, split + byte-level BPE in `tokenizers`, sot/eot/pad in numpy."""
 
@@ -143,8 +156,8 @@ class ClipTokenizer:
     @staticmethod
     def clean(text: str) -> str:
         """OpenAI's basic_clean + whitespace_clean + lower(), in their order."""
-        text = ftfy.fix_text(text)
-        text = html.unescape(html.unescape(text)).strip()
+        if not _is_plain(text):
+            text = basic_clean(text)
         return _WHITESPACE.sub(" ", text).strip().lower()
 
     def _encode_clean(self, cleaned: Sequence[str]) -> list[list[int]]:

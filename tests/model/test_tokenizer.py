@@ -13,7 +13,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from model.bundle.tokenizer import SPLIT_PATTERN, ClipTokenizer
+from model.bundle.tokenizer import _WHITESPACE, SPLIT_PATTERN, ClipTokenizer, basic_clean
 
 SOT, EOT, L = 49406, 49407, 77
 N_RANDOM = 1500
@@ -333,3 +333,21 @@ def test_clean_matches_openai_steps() -> None:
     assert ClipTokenizer.clean("  Hello&amp;amp;\u00a0World\t\n ") == "hello& world"
     assert ClipTokenizer.clean("cafÃ©") == "café"
     assert ClipTokenizer.clean("\u3000") == ""
+
+
+def test_plain_text_skips_ftfy_and_gets_the_same_text() -> None:
+    """clean() skips ftfy and unescaping for printable ASCII without "&": the full path must agree
+    on every such text, and texts just outside (a control, "&", one non-ASCII letter) take it."""
+    rng = random.Random(7)
+    printable = [chr(c) for c in range(0x20, 0x7F) if c != ord("&")]
+    tricky = list(" <>;#'\"`~/\\xX09Aa")
+    texts = ["", " ", "a photo of a {}.", "  Yellow   Cross  ", "x;lt;", "#38;", *corpus()]
+    for n in range(20_000):
+        pool = printable if n % 2 else tricky
+        texts.append("".join(rng.choice(pool) for _ in range(rng.randint(0, 30))))
+    for text in texts:
+        full = _WHITESPACE.sub(" ", basic_clean(text)).strip().lower()
+        assert ClipTokenizer.clean(text) == full, repr(text)
+    assert ClipTokenizer.clean("a&amp;b") == "a&b"  # "&": unescaped
+    assert ClipTokenizer.clean("a\u00a0b") == "a b"  # non-ASCII: ftfy and whitespace
+    assert ClipTokenizer.clean("cafÃ©") == "café"
