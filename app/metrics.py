@@ -24,6 +24,7 @@ class _State(Collector):
 
     def __init__(self, engine: Engine) -> None:
         self.holder, self.batcher, self.cache = engine.holder, engine.batcher, engine.cache
+        self.text_lane = engine.text_lane
 
     def collect(self) -> Iterable[Metric]:
         q = GaugeMetricFamily("zeroshot_queue_depth", "images admitted and waiting for the image encoder")
@@ -52,10 +53,18 @@ class _State(Collector):
                 "prompts run through the text encoder",
                 self.cache.encoded_prompts,
             ),
+            (
+                "zeroshot_text_slices_waited",
+                "text-encoder slices that waited for another job's slice to end",
+                self.text_lane.stats()["waited"],
+            ),
         ):
             c = CounterMetricFamily(name, doc)
             c.add_metric([], value)
             yield c
+        w = GaugeMetricFamily("zeroshot_text_jobs_waiting", "text-encoder jobs waiting for their next slice")
+        w.add_metric([], self.text_lane.stats()["waiting"])
+        yield w
         b = GaugeMetricFamily("zeroshot_label_cache_bytes", "bytes held by the label-embedding cache")
         b.add_metric([], self.cache.bytes)
         yield b

@@ -60,6 +60,13 @@ class Settings(BaseSettings):
         ge=0,
         description="one image-encoder call running longer: /healthz 503 (restart); 0: off",
     )
+    text_slice_ms: float = Field(
+        default=25.0,
+        gt=0,
+        le=10_000,
+        description="text-encoder work runs in slices of about this long, one at a time, so a small "
+        "request waits at most one slice of a large label-set build",
+    )
     retry_after_s: int = Field(default=1, ge=0, description="the Retry-After sent with 503 overloaded")
     # request limits
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024, description="per image file")

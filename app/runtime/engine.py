@@ -35,6 +35,7 @@ from app.runtime.labels import (
 from app.runtime.model import ModelRuntime, RuntimeFactory, load_runtime
 from app.runtime.quotas import ANONYMOUS, Quotas
 from app.runtime.reload import ModelHolder, ReloadResult, watch
+from app.runtime.text_lane import TextLane
 from app.settings import Settings
 from model.bundle.prompts import DEFAULT_SET, TEMPLATE_SETS, resolve_templates
 from model.bundle.zeroshot import LabelScore, rank
@@ -92,13 +93,14 @@ class Engine:
         self.settings = settings
         self.cache = LabelCache(settings.label_cache_bytes)
         self.holder = ModelHolder(settings, factory)
+        self.text_lane = TextLane(settings.text_slice_ms)  # every prompt encoded goes through it
         self.batcher = ImageBatcher(settings.max_batch, settings.max_wait_ms, settings.max_queue)
         self.label_sets = LabelSetStore(settings.label_sets_dir)
         self.budget = PromptBudget(settings.max_templates_per_request, settings.max_prompts_per_request)
         self.set_budget = PromptBudget(
             settings.max_templates_per_request, settings.max_prompts_per_label_set, "label set"
         )
-        self.matrices = LabelMatrices(self.cache, self.label_sets, self.budget)
+        self.matrices = LabelMatrices(self.cache, self.label_sets, self.budget, self.text_lane)
         self.quotas = Quotas(settings)
         self.draining = False  # set on SIGTERM and at shutdown: readiness fails from then on
         self._watcher: asyncio.Task[None] | None = None
@@ -173,6 +175,7 @@ class Engine:
                 "cancelled": b.cancelled,
             },
             "label_cache": self.cache.stats(),
+            "text_encoder": self.text_lane.stats(),
             "reload_error": self.holder.error,
         }
 
@@ -251,14 +254,15 @@ class Engine:
         if templates is None:
             self.quotas.spend_prompts(client, len(texts))  # before any tokenizing
             check_token_lengths(rt, texts, ("{}",))
-            feats = await run_in_threadpool(rt.encoders.encode_texts, texts)
+            feats = await run_in_threadpool(self.text_lane.job(rt.encoders).encode_texts, texts)
         else:
             tmpl = resolve_templates(templates)
             self.budget.check(len(texts), len(tmpl))
             if self.quotas.counts_prompts:
                 self.quotas.spend_prompts(client, self.cache.missing(rt.sha, texts, tmpl) * len(tmpl))
             check_token_lengths(rt, texts, tmpl)
-            feats = await run_in_threadpool(self.cache.get_or_build, rt.encoders, rt.sha, texts, tmpl)
+            job = self.text_lane.job(rt.encoders)
+            feats = await run_in_threadpool(self.cache.get_or_build, job, rt.sha, texts, tmpl)
         return Embeddings(rt.ref, feats)
 
     async def put_label_set(

@@ -19,6 +19,7 @@ from app.runtime.errors import InvalidRequest
 from app.runtime.label_cache import LabelCache
 from app.runtime.label_sets import LabelSet, LabelSetStore
 from app.runtime.model import ModelRuntime
+from app.runtime.text_lane import TextLane
 from model.bundle.prompts import resolve_templates
 
 log = logging.getLogger(__name__)
@@ -111,8 +112,8 @@ def check_distinct(rt: ModelRuntime, labels: Sequence[str]) -> None:
 
 
 class LabelMatrices:
-    def __init__(self, cache: LabelCache, store: LabelSetStore, budget: PromptBudget) -> None:
-        self.cache, self.store, self.budget = cache, store, budget
+    def __init__(self, cache: LabelCache, store: LabelSetStore, budget: PromptBudget, lane: TextLane) -> None:
+        self.cache, self.store, self.budget, self.lane = cache, store, budget, lane
 
     def plan(
         self,
@@ -146,7 +147,9 @@ class LabelMatrices:
             return plan.matrix, "memory"
         ls = plan.label_set
         if ls is None:
-            return self.cache.build(rt.encoders, rt.sha, plan.labels, plan.templates), "encoded"
+            return self.cache.build(
+                self.lane.job(rt.encoders), rt.sha, plan.labels, plan.templates
+            ), "encoded"
         m = self.store.load_matrix(ls, rt.sha, rt.encoders.embed_dim)
         if m is not None:
             self.cache.put_set(rt.sha, ls.labels, ls.templates, m)
@@ -154,7 +157,7 @@ class LabelMatrices:
         log.info(
             "label set %s: encoding %d labels x %d templates", ls.name, len(ls.labels), len(ls.templates)
         )
-        m = self.cache.build(rt.encoders, rt.sha, ls.labels, ls.templates)
+        m = self.cache.build(self.lane.job(rt.encoders), rt.sha, ls.labels, ls.templates)
         self.store.save_matrix(ls, rt.sha, m)
         return m, "encoded"
 

@@ -34,9 +34,11 @@ def label_matrix(
     out = np.empty((len(labels), encoders.embed_dim), np.float32)
     for start in range(0, len(labels), per_chunk):
         part = labels[start : start + per_chunk]
-        prompts = [p for label in part for p in fill(templates, label)]
-        feats = encoders.encode_texts(prompts, batch_size=batch_size)  # [n*T, E], normalized
-        out[start : start + len(part)] = feats.reshape(len(part), t, -1).mean(axis=1)  # [n, E]
+        # template-major: neighbouring prompts share a template and so have like token lengths, and an
+        # encoder that runs them in slices (the server's text lane) pads each slice little
+        prompts = [p for tmpl in templates for label in part for p in fill((tmpl,), label)]
+        feats = encoders.encode_texts(prompts, batch_size=batch_size)  # [T*n, E], normalized
+        out[start : start + len(part)] = feats.reshape(t, len(part), -1).mean(axis=0)  # [n, E]
         if progress is not None:
             progress((start + len(part)) * t, len(labels) * t)
     return l2_normalize(out).astype(np.float32, copy=False)
