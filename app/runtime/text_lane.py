@@ -84,20 +84,32 @@ class TextLane:
                 me = _Waiter(attained_s, next(self._arrivals), time.monotonic())
                 self._waiting.append(me)
                 self.waited += 1
-                while self._granted is not me:
-                    self._cond.wait()
+                try:
+                    while self._granted is not me:
+                        self._cond.wait()
+                except BaseException:  # interrupted while waiting: give up the place, or the lane
+                    if self._granted is me:
+                        self._hand_over()
+                    else:
+                        self._waiting.remove(me)
+                    raise
                 self._granted = None
             self._busy = True
         try:
             yield
         finally:
             with self._cond:
-                if self._waiting:
-                    self._granted = self._pick()
-                    self._waiting.remove(self._granted)
-                    self._cond.notify_all()
-                else:
-                    self._busy = False
+                self._hand_over()
+
+    def _hand_over(self) -> None:
+        """The lane to the next waiter, or free (with the lock held)."""
+        if self._waiting:
+            self._granted = self._pick()
+            self._waiting.remove(self._granted)
+            self._cond.notify_all()
+        else:
+            self._granted = None
+            self._busy = False
 
     def _pick(self) -> _Waiter:
         starved = time.monotonic() - self.starve_s
