@@ -27,6 +27,7 @@ class _State(Collector):
         self.text_lane = engine.text_lane
 
     def collect(self) -> Iterable[Metric]:
+        lane = self.text_lane.stats()  # one read under the lane's lock
         q = GaugeMetricFamily("zeroshot_queue_depth", "images admitted and waiting for the image encoder")
         q.add_metric([], self.batcher.pending)
         yield q
@@ -56,14 +57,14 @@ class _State(Collector):
             (
                 "zeroshot_text_slices_waited",
                 "text-encoder slices that waited for another job's slice to end",
-                self.text_lane.stats()["waited"],
+                lane["waited"],
             ),
         ):
             c = CounterMetricFamily(name, doc)
             c.add_metric([], value)
             yield c
         w = GaugeMetricFamily("zeroshot_text_jobs_waiting", "text-encoder jobs waiting for their next slice")
-        w.add_metric([], self.text_lane.stats()["waiting"])
+        w.add_metric([], lane["waiting"])
         yield w
         b = GaugeMetricFamily("zeroshot_label_cache_bytes", "bytes held by the label-embedding cache")
         b.add_metric([], self.cache.bytes)

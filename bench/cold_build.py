@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.http_load import build, start, stop  # noqa: E402
+from model.bundle.prompts import resolve_templates  # noqa: E402
 from model.data.synthetic import SyntheticShapes  # noqa: E402
 
 PORT = 8124
@@ -69,7 +70,7 @@ class Small:
         self.lock = threading.Lock()
         self.n = 0
 
-    def _loop(self, who: int) -> None:
+    def _loop(self) -> None:
         with httpx.Client(base_url=URL, timeout=600) as c:
             i = 0
             while not self.stop.is_set():
@@ -86,7 +87,7 @@ class Small:
                 i += 1
 
     def __enter__(self) -> Small:
-        self.threads = [threading.Thread(target=self._loop, args=(k,)) for k in range(self.clients)]
+        self.threads = [threading.Thread(target=self._loop) for _ in range(self.clients)]
         for th in self.threads:
             th.start()
         return self
@@ -144,7 +145,7 @@ def run(models: Path, args: argparse.Namespace) -> dict[str, Any]:
     bad = sum(s[3] != 200 for s in samples)
     during = [s for s in samples if any(a <= s[0] < b for a, b in windows)]
     base = [s for s in samples if s[1] <= base_end]
-    prompts = args.labels * {"imagenet80": 80, "imagenet7": 7, "synthetic": 5}.get(args.templates, 1)
+    prompts = args.labels * len(resolve_templates(args.templates))
     rows = {}
     for kind in ("cached labels", "new labels"):
         rows[kind] = {
