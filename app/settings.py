@@ -89,6 +89,7 @@ class Settings(BaseSettings):
         default=DEFAULT_FORMATS, description='"JPEG,PNG" or a JSON list; others get 415'
     )
     default_top_k: int = Field(default=5, ge=1)
+    max_calibration_images: int = Field(default=1000, ge=2, description="labelled images per calibration")
     # label sets and the label-embedding cache
     label_sets_dir: Path = Field(
         default=Path("label-sets"), description="registered label sets and their embeddings (writable)"

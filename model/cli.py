@@ -1,4 +1,4 @@
-"""`zeroshot`: the management command (train, export, eval, serve).
+"""`zeroshot`: the management command (train, export, import, eval, calibrate, retrain, serve).
 
 Heavy imports (torch) happen inside the subcommands, so `zeroshot --help` is instant and a bad
 argument is reported before anything loads. Every expected failure is one line on stderr and exit 1.
@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from model.calibrate import add_parser as calibrate_parser
 from model.cli_types import non_negative_int, port, positive_float, positive_int
 
 log = logging.getLogger("zeroshot")
@@ -206,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     _export_parser(sub)
     _import_parser(sub)
     _eval_parser(sub)
+    calibrate_parser(sub)
     _retrain_parser(sub)
     _serve_parser(sub)
     return p

@@ -159,6 +159,11 @@ def base64_images_or_failures(items: list[str], s: Settings) -> list[bytes | Ima
     return out
 
 
+def base64_image(i: int, text: str, s: Settings) -> bytes:
+    """One base64 image (images[i]), checked for size; the caller bounds the count."""
+    return _base64(i, text, s)
+
+
 def _base64(i: int, text: str, s: Settings) -> bytes:
     if text.startswith("data:"):
         head, _, text = text.partition(",")

@@ -27,12 +27,16 @@ from app.api.body import (
 )
 from app.api.deps import EngineDep, SettingsDep
 from app.api.disconnect import unless_disconnected
-from app.api.fields import check_labels, parse_labels, parse_on_error, parse_top_k
+from app.api.fields import check_labels, parse_answer, parse_labels, parse_on_error, parse_top_k
 from app.api.schemas import (
     ERRORS,
     IMAGE_ENCODING,
     LABEL_SET_NAME,
     LABELS_SCHEMA,
+    MIN_COSINE_DOC,
+    MIN_NEGLABEL_DOC,
+    MIN_PROBABILITY_DOC,
+    MODE_DOC,
     ON_ERROR_DOC,
     ONE_OF_LABELS,
     TEMPLATES_DOC,
@@ -41,6 +45,7 @@ from app.api.schemas import (
 )
 from app.runtime.engine import ClassifyRequest, ClassifyResult, ImageFailure, LabelQuery
 from app.settings import Settings
+from model.bundle.answers import Answer
 
 router = APIRouter(dependencies=[ApiKey])
 
@@ -67,6 +72,10 @@ MULTIPART_SCHEMA = {
         "templates": {"type": "string", "description": TEMPLATES_DOC + " (as a JSON array)"},
         "top_k": {"type": "integer", "minimum": 1, "description": "labels returned per image"},
         "on_error": {"type": "string", "enum": ["fail", "skip"], "description": ON_ERROR_DOC},
+        "mode": {"type": "string", "enum": ["single", "multi"], "description": MODE_DOC},
+        "min_probability": {"type": "number", "minimum": 0, "maximum": 1, "description": MIN_PROBABILITY_DOC},
+        "min_cosine": {"type": "number", "minimum": -1, "maximum": 1, "description": MIN_COSINE_DOC},
+        "min_neglabel": {"type": "number", "minimum": 0, "maximum": 1, "description": MIN_NEGLABEL_DOC},
     },
 }
 
@@ -75,7 +84,9 @@ MULTIPART_SCHEMA = {
     "/v1/classify",
     summary="Rank candidate labels for one or more images",
     description="multipart/form-data with image files, or application/json with base64 images. "
-    "Labels come back sorted by cosine similarity, with softmax probabilities over the label set.",
+    "Labels come back ranked, with probabilities: a softmax over the labels sent (mode=single, the "
+    "default) or one per label (mode=multi). Each result says whether the image matches none of the "
+    "labels (abstained), when thresholds are given or the label set named is calibrated.",
     response_model=None,
     responses={200: {"model": ClassifyResponse}, **ERRORS},
     openapi_extra={
@@ -113,7 +124,9 @@ async def parse(request: Request, s: Settings) -> ClassifyRequest:
             images = await uploaded_images_or_failures(items, s)
         else:
             images = await uploaded_images(items, s)
-        return ClassifyRequest(images, query, parse_top_k(form.get("top_k")), on_error, client_id(request))
+        options = parse_answer(lambda name: text_field(form, name))
+        top_k = parse_top_k(form.get("top_k"))
+        return ClassifyRequest(images, query, top_k, on_error, client_id(request), options)
     body = await read_json(request, ClassifyJson)
     labels = None if body.labels is None else check_labels(body.labels, s.max_labels_per_request)
     query = LabelQuery(labels=labels, label_set=body.label_set, templates=body.templates)
@@ -122,17 +135,35 @@ async def parse(request: Request, s: Settings) -> ClassifyRequest:
         images = base64_images_or_failures(body.images, s)
     else:
         images = base64_images(body.images, s)
-    return ClassifyRequest(images, query, parse_top_k(body.top_k), on_error, client_id(request))
+    options = parse_answer(lambda name: getattr(body, name))
+    return ClassifyRequest(images, query, parse_top_k(body.top_k), on_error, client_id(request), options)
 
 
 def to_json(result: ClassifyResult) -> dict[str, Any]:
-    return {
+    out: dict[str, Any] = {
         "model": result.model,
+        "mode": result.mode,
         "results": [
             {"error": {"code": row.code, "message": row.message}}
             if isinstance(row, ImageFailure)
-            else {"labels": [r.__dict__ for r in row]}
+            else {"labels": [r.__dict__ for r in row.labels], **abstention(row)}
             for row in result.results
         ],
         "timing_ms": result.timing_ms,
+    }
+    cal = result.calibration
+    if cal is not None:  # a label set was named: whether its calibration was used, and if not why
+        out["calibration"] = {"status": cal.status, **({"reason": cal.reason} if cal.reason else {})}
+        if cal.fit is not None:
+            out["calibration"]["fitted_at"] = cal.fit.fitted_at
+    return out
+
+
+def abstention(row: Answer) -> dict[str, Any]:
+    d = row.decision
+    if d is None:
+        return {"abstained": False, "abstain": None}
+    return {
+        "abstained": d.abstained,
+        "abstain": {"score": d.score, "value": d.value, "threshold": d.threshold, "source": d.source},
     }

@@ -64,6 +64,9 @@ STATUS: dict[str, int] = {
     "label_too_long": 422,
     "invalid_templates": 422,
     "invalid_top_k": 422,
+    "invalid_mode": 422,
+    "invalid_threshold": 422,
+    "invalid_calibration": 422,
     "invalid_label_set_name": 422,
     # the client went away before its answer (nginx's code; nobody reads the body)
     "client_closed_request": 499,

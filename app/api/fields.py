@@ -1,4 +1,4 @@
-"""Checking the fields of a request: labels (or texts) and top_k."""
+"""Checking the fields of a request: labels (or texts), top_k, on_error, the mode and thresholds."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from typing import Any, cast
 from app.api.body import parse_json
 from app.api.errors import ApiError
 from app.runtime.engine import ON_ERROR, OnError
+from model.bundle.answers import AnswerOptions
+from model.bundle.openset import MODES, Mode
 
 MAX_LABEL_CHARS = 1000  # 77 tokens are a few hundred characters at most; longer is refused unread
 
@@ -70,3 +72,37 @@ def parse_on_error(raw: Any) -> OnError:
             "invalid_request", f"on_error must be one of {', '.join(ON_ERROR)}, not {str(raw)[:20]!r}"
         )
     return cast(OnError, raw)
+
+
+def parse_mode(raw: Any) -> Mode:
+    """single (the default: a softmax over the labels) or multi (a probability per label)."""
+    if raw is None or raw == "":
+        return "single"
+    if raw not in MODES:
+        raise ApiError("invalid_mode", f"mode must be one of {', '.join(MODES)}, not {str(raw)[:20]!r}")
+    return cast(Mode, raw)
+
+
+def parse_threshold(raw: Any, name: str, lo: float, hi: float) -> float | None:
+    """A number in [lo, hi], from JSON or a form field; None when not given."""
+    if raw is None or raw == "":
+        return None
+    if isinstance(raw, bool):
+        raise ApiError("invalid_threshold", f"{name} must be a number in [{lo:g}, {hi:g}]")
+    try:
+        v = float(raw)
+    except (TypeError, ValueError):
+        raise ApiError("invalid_threshold", f"{name} must be a number, not {str(raw)[:20]!r}") from None
+    if not lo <= v <= hi:  # also refuses NaN
+        raise ApiError("invalid_threshold", f"{name} must be in [{lo:g}, {hi:g}], not {v:g}")
+    return v
+
+
+def parse_answer(get: Any) -> AnswerOptions:
+    """The mode and the abstain thresholds, from a form or a JSON body (`get(name)` reads a field)."""
+    return AnswerOptions(
+        mode=parse_mode(get("mode")),
+        min_probability=parse_threshold(get("min_probability"), "min_probability", 0.0, 1.0),
+        min_cosine=parse_threshold(get("min_cosine"), "min_cosine", -1.0, 1.0),
+        min_neglabel=parse_threshold(get("min_neglabel"), "min_neglabel", 0.0, 1.0),
+    )

@@ -10,10 +10,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from app.api.auth import Admin, ApiKey
-from app.api.body import JSON, body_kind, read_json
+from app.api.body import JSON, base64_image, body_kind, read_json
 from app.api.deps import EngineDep, SettingsDep
-from app.api.fields import check_labels
-from app.api.schemas import ERRORS, ErrorResponse, LabelSetPut
+from app.api.errors import ApiError
+from app.api.fields import check_labels, parse_threshold
+from app.api.schemas import ERRORS, CalibrationPost, ErrorResponse, LabelSetPut
+from model.bundle.calibration_fit import Target
 
 router = APIRouter()
 
@@ -29,7 +31,8 @@ async def list_sets(engine: EngineDep) -> dict[str, Any]:
     "/v1/label-sets/{name}", summary="One label set, with its labels", dependencies=[ApiKey], responses=ERRORS
 )
 async def get_set(name: str, engine: EngineDep) -> dict[str, Any]:
-    return (await engine.get_label_set(name)).to_json()
+    ls, calibration = await engine.get_label_set(name)
+    return {**ls.to_json(), "calibration": calibration.describe()}
 
 
 @router.put(
@@ -61,3 +64,34 @@ async def put_set(request: Request, name: str, engine: EngineDep, s: SettingsDep
 async def delete_set(name: str, engine: EngineDep) -> dict[str, Any]:
     await engine.delete_label_set(name)
     return {"deleted": name}
+
+
+@router.post(
+    "/v1/label-sets/{name}/calibration",
+    summary="Calibrate a label set for the model served, from labelled images",
+    description="Needs the admin token. Fits the softmax temperature, each label's multi-mode sigmoid and "
+    "the abstain rule, stores them beside the set and uses them for every request naming it; a new model "
+    "makes them stale until the set is calibrated again. `zeroshot calibrate` does the same from a folder.",
+    dependencies=[Admin],
+    responses=ERRORS,
+    openapi_extra={
+        "requestBody": {"required": True, "content": {JSON: {"schema": CalibrationPost.model_json_schema()}}}
+    },
+)
+async def calibrate(request: Request, name: str, engine: EngineDep, s: SettingsDep) -> dict[str, Any]:
+    body_kind(request, JSON)
+    body = await read_json(request, CalibrationPost)
+    if not body.images:
+        raise ApiError("missing_image", "images: send labelled images to calibrate on")
+    if len(body.images) > s.max_calibration_images:
+        raise ApiError(
+            "too_many_images",
+            f"{len(body.images)} images; at most {s.max_calibration_images} per calibration",
+        )
+    files = [base64_image(i, x.image, s) for i, x in enumerate(body.images)]
+    target = Target(
+        parse_threshold(body.target_precision, "target_precision", 0.0, 1.0),
+        parse_threshold(body.target_fpr, "target_fpr", 0.0, 1.0),
+    )
+    fit = await engine.calibrate(name, files, [x.label for x in body.images], target)
+    return {"name": name, "calibration": {"status": "fitted", **fit.to_json()}}

@@ -38,6 +38,18 @@ ON_ERROR_DOC = (
 )
 
 
+MODE_DOC = (
+    "single (default): probabilities are a softmax over the labels sent and sum to 1; multi: each label "
+    "gets a probability of its own, unchanged by which other labels are sent (one label alone is fine)"
+)
+MIN_PROBABILITY_DOC = "abstain when the top label's probability (in the mode asked) is below this"
+MIN_COSINE_DOC = "abstain when the top label's cosine similarity is below this"
+MIN_NEGLABEL_DOC = (
+    "abstain when the NegLabel score is below this: the share of the softmax mass that stays on your "
+    "labels when 3,000 lexicon words far from them are added as negative labels"
+)
+
+
 class ClassifyJson(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -61,6 +73,25 @@ class ClassifyJson(BaseModel):
     )
     on_error: str | None = Field(
         default=None, description=ON_ERROR_DOC, json_schema_extra={"enum": ["fail", "skip"]}
+    )
+    mode: str | None = Field(
+        default=None, description=MODE_DOC, json_schema_extra={"enum": ["single", "multi"]}
+    )
+    # ranges in the schema only: the route checks them, with the invalid_threshold code and the field's name
+    min_probability: float | None = Field(
+        default=None,
+        strict=True,
+        description=MIN_PROBABILITY_DOC,
+        json_schema_extra={"minimum": 0, "maximum": 1},
+    )
+    min_cosine: float | None = Field(
+        default=None, strict=True, description=MIN_COSINE_DOC, json_schema_extra={"minimum": -1, "maximum": 1}
+    )
+    min_neglabel: float | None = Field(
+        default=None,
+        strict=True,
+        description=MIN_NEGLABEL_DOC,
+        json_schema_extra={"minimum": 0, "maximum": 1},
     )
 
 
@@ -93,6 +124,37 @@ class LabelSetPut(BaseModel):
     templates: str | list[str] | None = Field(default=None, description=TEMPLATES_DOC)
 
 
+class LabelledImage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    image: str = Field(description=IMAGES_DOC.replace("files", "file"), json_schema_extra={"format": "byte"})
+    label: str | None = Field(description="its label in the set, or null: the image is none of them")
+
+
+class CalibrationPost(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "images": [{"image": EXAMPLE_PNG, "label": "cat"}, {"image": EXAMPLE_PNG, "label": None}],
+                    "target_precision": 0.95,
+                }
+            ]
+        },
+    )
+    images: list[LabelledImage] = Field(
+        description="labelled images: a few per label, and some that are none"
+    )
+    target_precision: float | None = Field(
+        default=None,
+        strict=True,
+        description="put the abstain threshold where the answers kept are right this often (default 0.95)",
+    )
+    target_fpr: float | None = Field(
+        default=None, strict=True, description="or: accept at most this share of the images labelled null"
+    )
+
+
 class ModelRef(BaseModel):
     name: str
     version: str
@@ -100,7 +162,10 @@ class ModelRef(BaseModel):
 
 class LabelScoreOut(BaseModel):
     label: str
-    probability: float = Field(description="softmax(logit_scale x cosine) over the label set")
+    probability: float = Field(
+        description="single: softmax(logit_scale x cosine / T) over the labels (T = 1 unless the label set "
+        "is calibrated); multi: this label's own probability"
+    )
     cosine: float = Field(description="cosine similarity of the image and the label embedding, in [-1, 1]")
 
 
@@ -109,12 +174,28 @@ class ImageError(BaseModel):
     message: str
 
 
+class Abstain(BaseModel):
+    score: str = Field(
+        description="mcm (top softmax probability), multi (top multi probability), cosine, neglabel"
+    )
+    value: float = Field(description="the image's score")
+    threshold: float = Field(description="abstained when value < threshold")
+    source: str = Field(description="request (its min_* field) or calibration (the label set's fitted rule)")
+
+
 class ImageResult(BaseModel):
     labels: list[LabelScoreOut] | None = Field(
         default=None, description="the top_k labels, highest cosine first (absent for a skipped image)"
     )
     error: ImageError | None = Field(
         default=None, description='with on_error="skip": why this image was not classified (then no labels)'
+    )
+    abstained: bool | None = Field(
+        default=None, description="true: the image matches none of the labels, by the rule in `abstain`"
+    )
+    abstain: Abstain | None = Field(
+        default=None,
+        description="the rule that decided (null when no threshold was given and no calibration applies)",
     )
 
 
@@ -138,7 +219,11 @@ class ClassifyResponse(BaseModel):
         }
     )
     model: ModelRef
+    mode: str = Field(default="single", description="single or multi, as asked")
     results: list[ImageResult] = Field(description="one per image, in the order sent")
+    calibration: dict[str, str] | None = Field(
+        default=None, description="with a label set: status fitted (used), stale, unreadable or none, and why"
+    )
     timing_ms: dict[str, float]
 
 

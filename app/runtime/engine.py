@@ -13,32 +13,37 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from app.runtime.batcher import Announcement, ImageBatcher
-from app.runtime.errors import Draining, ImageFailure, ModelUnavailable, ReloadFailed, Stalled
+from app.runtime.calibrations import CalibrationStore
+from app.runtime.errors import Draining, ImageFailure, InvalidRequest, ModelUnavailable, ReloadFailed, Stalled
 from app.runtime.images import decode_images, decode_some
 from app.runtime.label_cache import LabelCache
 from app.runtime.label_sets import LabelSet, LabelSetStore, check_name
 from app.runtime.labels import (
     LabelMatrices,
+    LabelPlan,
     LabelQuery,
     PromptBudget,
     check_distinct,
     check_token_lengths,
 )
+from app.runtime.lexicon import Lexicon
 from app.runtime.model import ModelRuntime, RuntimeFactory, load_runtime
 from app.runtime.quotas import ANONYMOUS, Quotas
 from app.runtime.reload import ModelHolder, ReloadResult, watch
 from app.runtime.text_lane import TextLane
 from app.settings import Settings
+from model.bundle.answers import Answer, AnswerOptions, answer, needs_lexicon
+from model.bundle.calibration_fit import CalibrationInputError, Target, fit_set
+from model.bundle.calibration_store import Calibration, Fit
 from model.bundle.prompts import DEFAULT_SET, TEMPLATE_SETS, resolve_templates
-from model.bundle.zeroshot import LabelScore, rank
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +70,18 @@ class ClassifyRequest:
     top_k: int | None = None  # >= 1; None: the default; more than there are labels: all of them
     on_error: OnError = "fail"  # fail: one bad image fails the request; skip: it gets a failure
     client: str = ANONYMOUS  # who asks: a key id (app/runtime/quotas.py), for its prompt budget
+    answer: AnswerOptions = field(
+        default_factory=AnswerOptions
+    )  # mode and abstain thresholds (model/bundle/answers.py)
 
 
 @dataclass(frozen=True)
 class ClassifyResult:
     model: dict[str, str]
-    results: list[list[LabelScore] | ImageFailure]  # per image, the top_k labels by cosine
+    results: list[Answer | ImageFailure]  # per image: the top_k labels and whether to abstain
     timing_ms: dict[str, float]
+    mode: str = "single"
+    calibration: Calibration | None = None  # of the label set named, for the model served
 
 
 @dataclass(frozen=True)
@@ -101,6 +111,8 @@ class Engine:
             settings.max_templates_per_request, settings.max_prompts_per_label_set, "label set"
         )
         self.matrices = LabelMatrices(self.cache, self.label_sets, self.budget, self.text_lane)
+        self.lexicon = Lexicon(settings.label_sets_dir, self.text_lane)  # negative labels, per bundle
+        self.calibrations = CalibrationStore(settings.label_sets_dir)
         self.quotas = Quotas(settings)
         self.draining = False  # set on SIGTERM and at shutdown: readiness fails from then on
         self._watcher: asyncio.Task[None] | None = None
@@ -200,13 +212,15 @@ class Engine:
         req.labels.check()
         named = req.labels.label_set
         ls = None if named is None else await run_in_threadpool(self.label_sets.get, named)
+        cal = None if ls is None else await run_in_threadpool(self.calibrations.get, ls, rt.sha)
+        fit = cal.fit if cal is not None else None  # only a fit for this bundle and this definition
         q = self.quotas  # the key's prompt budget, when one is set
         charge = functools.partial(q.spend_prompts, req.client) if q.counts_prompts else None
         plan = self.matrices.plan(rt, req.labels, ls, charge)
         k = min(req.top_k or s.default_top_k, len(plan.labels))
         pixels, failed = await run_in_threadpool(self._decode, req, rt)
         t1 = time.perf_counter()
-        ranked: list[list[LabelScore]] = []
+        answers: list[Answer] = []
         if len(pixels):  # with on_error="skip" every image may have failed: nothing to encode
             encode = self._encode(rt, pixels, ticket)
             if plan.matrix is None:  # encode the labels and the images side by side
@@ -215,9 +229,12 @@ class Engine:
                 )
             else:
                 matrix, feats = plan.matrix, await encode
-            ranked = rank(feats, plan.labels, matrix, rt.logit_scale, k)
+            lex = neg = None
+            if any(needs_lexicon(req.answer, fit)):  # no thread hop for a plain ranking
+                lex, neg = await run_in_threadpool(self._lexicon_for, rt, plan, matrix, req.answer, fit)
+            answers = answer(feats, plan.labels, matrix, rt.logit_scale, k, req.answer, fit, lex, neg)
         t2 = time.perf_counter()
-        rows = iter(ranked)
+        rows = iter(answers)
         results = [failed[i] if i in failed else next(rows) for i in range(len(req.images))]
         t0 = ticket.announcement.started
         timing = {
@@ -225,7 +242,30 @@ class Engine:
             "encode_ms": round(1000 * (t2 - t1), 3),
             "total_ms": round(1000 * (time.perf_counter() - t0), 3),
         }
-        return ClassifyResult(rt.ref, results, timing)
+        return ClassifyResult(rt.ref, results, timing, req.answer.mode, cal)
+
+    async def _encode_files(self, rt: ModelRuntime, files: list[bytes]) -> AsyncIterator[np.ndarray]:
+        """Features of many files, a batch at a time (the pixels of a thousand images at once would be
+        gigabytes); beside the batcher, as admin work bounded by its image count."""
+        step, pre = self.settings.max_batch, rt.encoders.preprocess
+        for i in range(0, len(files), step):
+            pixels = await run_in_threadpool(decode_images, files[i : i + step], pre, self.settings)
+            yield await run_in_threadpool(rt.encode_images, pixels)
+
+    def _lexicon_for(
+        self,
+        rt: ModelRuntime,
+        plan: LabelPlan,
+        matrix: np.ndarray,
+        options: AnswerOptions,
+        fit: Fit | None,
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The lexicon and the negative labels, when the answer needs them. Blocking (the first call
+        for a bundle encodes its lexicon)."""
+        need_lexicon, need_negatives = needs_lexicon(options, fit)
+        lex = self.lexicon.matrix(rt) if need_lexicon else None
+        neg = self.lexicon.negatives(rt, plan.labels, plan.templates, matrix) if need_negatives else None
+        return lex, neg
 
     def _decode(self, req: ClassifyRequest, rt: ModelRuntime) -> tuple[np.ndarray, dict[int, ImageFailure]]:
         """The pixels of the images to encode, and a failure per image that is skipped. Blocking."""
@@ -284,11 +324,41 @@ class Engine:
         _, source = await run_in_threadpool(self.matrices.for_set, rt, ls)
         return LabelSetStored(ls, rt.ref, source, round(1000 * (time.perf_counter() - t), 1))
 
-    async def get_label_set(self, name: str) -> LabelSet:
-        return await run_in_threadpool(self.label_sets.get, name)
+    async def get_label_set(self, name: str) -> tuple[LabelSet, Calibration]:
+        """The set, and its calibration for the model served (fitted, stale, unreadable or none)."""
+        ls = await run_in_threadpool(self.label_sets.get, name)
+        return ls, await run_in_threadpool(self.calibrations.get, ls, self.runtime().sha)
 
     async def list_label_sets(self) -> list[LabelSet]:
         return await run_in_threadpool(self.label_sets.list)
 
     async def delete_label_set(self, name: str) -> None:
         await run_in_threadpool(self.label_sets.delete, name)
+        await run_in_threadpool(self.calibrations.delete, name)
+
+    async def calibrate(self, name: str, files: list[bytes], truth: list[str | None], target: Target) -> Fit:
+        """Fit the set's calibration for the model served from labelled images (None: an image that
+        is none of the labels) and store it; requests naming the set use it from then on."""
+        ls, rt = await run_in_threadpool(self.label_sets.get, name), self.runtime()
+        index = {lb: i for i, lb in enumerate(ls.labels)}
+        strangers = sorted({t for t in truth if t is not None and t not in index})
+        if strangers:
+            raise InvalidRequest(
+                f"{len(strangers)} label(s) are not in label set {name!r}: "
+                + ", ".join(repr(t[:60]) for t in strangers[:5]),
+                {"not_in_set": strangers[:50]},
+                code="invalid_calibration",
+            )
+        feats = np.concatenate([f async for f in self._encode_files(rt, files)])
+        matrix, _ = await run_in_threadpool(self.matrices.for_set, rt, ls)
+        lex = await run_in_threadpool(self.lexicon.matrix, rt)
+        neg = await run_in_threadpool(self.lexicon.negatives, rt, ls.labels, ls.templates, matrix)
+        y = np.array([-1 if t is None else index[t] for t in truth])
+        try:
+            fit = fit_set(
+                feats, y, ls.labels, matrix, rt.logit_scale, lex, neg, target, rt.sha, rt.ref, ls.digest
+            )
+        except CalibrationInputError as e:
+            raise InvalidRequest(str(e), code="invalid_calibration") from None
+        await run_in_threadpool(self.calibrations.put, ls, fit)
+        return fit

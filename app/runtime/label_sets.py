@@ -11,55 +11,23 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
-import hashlib
 import json
 import logging
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from app.runtime.errors import LabelSetError
 from model.bundle.atomic import atomic_write
+from model.bundle.label_sets import LabelSet, parse_label_set
 
 log = logging.getLogger(__name__)
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 # A full disk, a quota or a file-size limit: the storage refuses the bytes (507), retrying won't help
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-
-
-@dataclass(frozen=True)
-class LabelSet:
-    name: str
-    labels: tuple[str, ...]
-    templates: tuple[str, ...]
-    template_set: str | None  # the set name the templates came from, if any
-    created_at: str
-
-    @property
-    def digest(self) -> str:
-        return hashlib.sha256(json.dumps([self.labels, self.templates]).encode()).hexdigest()
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "labels": len(self.labels),
-            "templates": self.template_set or len(self.templates),
-            "created_at": self.created_at,
-        }
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "labels": list(self.labels),
-            "templates": list(self.templates),
-            "template_set": self.template_set,
-            "created_at": self.created_at,
-        }
 
 
 def check_name(name: str) -> str:
@@ -70,21 +38,6 @@ def check_name(name: str) -> str:
             code="invalid_label_set_name",
         )
     return name
-
-
-def _parse(d: Any) -> LabelSet:
-    """A stored definition, its types checked: a hand-edited or damaged file must fail here (and be
-    reported), not later inside the tokenizer as a 500."""
-    labels, templates = d["labels"], d["templates"]
-    if not (isinstance(labels, list) and labels and all(isinstance(x, str) for x in labels)):
-        raise ValueError("'labels' is not a non-empty list of strings")
-    if not (
-        isinstance(templates, list) and templates and all(isinstance(t, str) and "{}" in t for t in templates)
-    ):
-        raise ValueError("'templates' is not a non-empty list of strings with '{}'")
-    if not isinstance(d["name"], str) or not isinstance(d["created_at"], str):
-        raise ValueError("'name' and 'created_at' must be strings")
-    return LabelSet(d["name"], tuple(labels), tuple(templates), d.get("template_set"), d["created_at"])
 
 
 def _matrix_problem(m: np.ndarray, shape: tuple[int, int]) -> str | None:
@@ -145,7 +98,7 @@ class LabelSetStore:
             cached = self._parsed.get(name)
             if cached is not None and cached[0] == stamp:
                 return cached[1]
-            ls = _parse(json.loads(path.read_text()))
+            ls = parse_label_set(json.loads(path.read_text()))
             self._parsed[name] = (stamp, ls)
             return ls
         except FileNotFoundError:

@@ -13,6 +13,9 @@
   const labelsInput = $("labels");
   const templatesInput = $("templates");
   const topKInput = $("top-k");
+  const modeInput = $("mode");
+  const minCosineInput = $("min-cosine");
+  const abstainedOut = $("abstained");
   const apiKeyInput = $("api-key");
   const modelOut = $("model");
   const statusOut = $("status");
@@ -133,6 +136,22 @@
     }
   }
 
+  // Whether the image matches none of the labels, by which score and threshold (the API's `abstain`).
+  function renderAbstention(result) {
+    const rule = result.abstain;
+    abstainedOut.hidden = !rule;
+    abstainedOut.dataset.abstained = String(Boolean(result.abstained));
+    if (!rule) {
+      abstainedOut.textContent = "";
+      return;
+    }
+    const how = `${rule.score} ${rule.value.toFixed(3)} ${result.abstained ? "<" : "≥"} ${rule.threshold}`;
+    const who = rule.source === "calibration" ? ", the label set's calibrated threshold" : "";
+    abstainedOut.textContent = result.abstained
+      ? `None of these labels: ${how}${who}. The ranking below is what the model would pick anyway.`
+      : `A match: ${how}${who}.`;
+  }
+
   // -- the image -------------------------------------------------------------------------------
 
   function setImage(file) {
@@ -203,8 +222,12 @@
     body.append("templates", templatesInput.value);
     const topK = topKInput.value.trim();
     if (topK) body.append("top_k", topK);
+    body.append("mode", modeInput.value);
+    const minCosine = minCosineInput.value.trim();
+    if (minCosine) body.append("min_cosine", minCosine);
 
     clearError();
+    abstainedOut.hidden = true;
     setState("loading");
     statusOut.textContent = "Classifying…";
     try {
@@ -228,8 +251,10 @@
       const data = await response.json();
       if (seq !== requestSeq) return;
       showModel(data.model);
-      const labels = (data.results && data.results[0] && data.results[0].labels) || [];
+      const first = (data.results && data.results[0]) || {};
+      const labels = first.labels || [];
       renderResults(labels);
+      renderAbstention(first);
       const t = data.timing_ms || {};
       timingOut.textContent =
         typeof t.total_ms === "number" ? `Answered in ${t.total_ms.toFixed(1)} ms on the server.` : "";

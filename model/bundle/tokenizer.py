@@ -153,6 +153,11 @@ class ClipTokenizer:
     def save(self, path: str | Path) -> None:
         self._tok.save(str(path))
 
+    def vocab(self) -> dict[str, int]:
+        """Token -> id of the BPE vocabulary (whole words end in "</w>"); the lexicon of negative
+        labels is mined from it (model/bundle/openset.py)."""
+        return self._tok.get_vocab(with_added_tokens=False)
+
     @staticmethod
     def clean(text: str) -> str:
         """OpenAI's basic_clean + whitespace_clean + lower(), in their order."""

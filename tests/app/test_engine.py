@@ -50,9 +50,10 @@ def test_classify_returns_ranked_labels_per_image(tmp_path: Path) -> None:
 
     result = run(tmp_path, body)
     assert result.model == {"name": "default", "version": "fake-1"}
-    assert len(result.results) == 2 and all(len(row) == 2 for row in result.results)
+    assert len(result.results) == 2 and all(len(row.labels) == 2 for row in result.results)
     for row in result.results:
-        assert row[0].cosine >= row[1].cosine
+        assert row.labels[0].cosine >= row.labels[1].cosine
+        assert row.decision is None and not row.abstained  # no thresholds, no calibration
     assert set(result.timing_ms) == {"decode_ms", "encode_ms", "total_ms"}
 
 
@@ -71,7 +72,7 @@ def test_a_label_set_request_looks_its_matrix_up_once(tmp_path: Path) -> None:
         return await classify(engine, LabelQuery(label_set="shapes"))
 
     result = run(tmp_path, body, admin_token="admin-token-123")
-    assert {s.label for s in result.results[0]} == {"red circle", "blue heart"}
+    assert {s.label for s in result.results[0].labels} == {"red circle", "blue heart"}
     assert lookups == [("red circle", "blue heart")]
 
 

@@ -39,7 +39,7 @@ def assert_one_line_error(r: subprocess.CompletedProcess[str], needle: str) -> N
 def test_help_lists_exactly_the_built_subcommands() -> None:
     r = zeroshot("--help")
     assert r.returncode == 0
-    assert "{train,export,import,eval,retrain,serve}" in r.stdout
+    assert "{train,export,import,eval,calibrate,retrain,serve}" in r.stdout
 
 
 def test_unknown_preset(tmp_path: Path) -> None:
