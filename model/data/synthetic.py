@@ -1,7 +1,11 @@
 """Synthetic captioned shapes: a small, deterministic world in which zero-shot is a real test.
 
 Every image holds one flat-coloured shape on a muted background; its caption always names the
-colour and the shape and sometimes the size, position and background. Six (colour, shape) pairs,
+colour and the shape and sometimes the size, position and background. The "scenes" split (and,
+with ``scene_fraction``, part of "train") holds two shapes of different classes, both named in the
+caption; ``style="varied"`` widens sizes, positions, proportions and backgrounds and adds outlines,
+blur, noise and JPEG (both in model/data/synthetic_scenes.py). The defaults ("classic", no scenes)
+draw exactly the images and captions they always have. Six (colour, shape) pairs,
 ``HELD_OUT``, never occur in the "train" split, neither in images nor in captions, while each colour
 and each shape still occurs in training with five other partners. A model that names a "green
 circle" it has never seen has composed "green" and "circle": that is zero-shot.
@@ -29,6 +33,7 @@ __all__ = [
     "HELD_OUT",
     "SHAPES",
     "SPLITS",
+    "STYLES",
     "Sample",
     "SyntheticShapes",
     "all_classes",
@@ -61,7 +66,9 @@ HELD_OUT: frozenset[tuple[str, str]] = frozenset(
     (COLOURS[i], SHAPES[(5 * i + 1) % len(SHAPES)]) for i in range(len(COLOURS))
 )
 
-SPLITS: dict[str, int] = {"train": 0, "seen": 1, "heldout": 2, "all": 3}  # name -> stream id
+# name -> stream id; "scenes" (two objects, any of the 36 classes) is for multi-label evaluation
+SPLITS: dict[str, int] = {"train": 0, "seen": 1, "heldout": 2, "all": 3, "scenes": 4}
+STYLES: tuple[str, ...] = ("classic", "varied")
 
 
 def class_name(colour: str, shape: str) -> str:
@@ -95,6 +102,13 @@ class Sample:
     size: str = ""  # small | medium | large
     position: str = ""  # e.g. "left", "top right", "center"
     background: str = ""  # e.g. "light gray"
+    # every (colour, shape) in the image, in the order the caption names them; colour, shape, size
+    # and position are those of the first. Left empty, it is the one object (colour, shape).
+    objects: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.objects:
+            object.__setattr__(self, "objects", ((self.colour, self.shape),))
 
     @property
     def label(self) -> str:
@@ -237,15 +251,33 @@ class SyntheticShapes:
     """Indexable source of captioned shape images.
 
     Splits: "train" (seen pairs, random pair per index), "seen" (seen pairs, a different random
-    stream from train), "heldout" (held-out pairs only), "all" (every pair). The evaluation splits
-    cycle through their classes (index % n_classes), so any prefix of them is class-balanced.
+    stream from train), "heldout" (held-out pairs only), "all" (every pair), "scenes" (two objects
+    of two different classes out of all 36). The evaluation splits cycle through their classes
+    (index % n_classes; for "scenes", the class of one of the two objects), so any prefix of them
+    is class-balanced.
+
+    style: "classic" or "varied" (see the module docstring). scene_fraction (train only): the
+    share of train indices that are two-object scenes of seen pairs, decided per index from a
+    stream of its own, so the other indices stay exactly what they are without scenes.
     """
 
     def __init__(
-        self, image_size: int = 64, seed: int = 0, split: str = "train", length: int = 100_000
+        self,
+        image_size: int = 64,
+        seed: int = 0,
+        split: str = "train",
+        length: int = 100_000,
+        style: str = "classic",
+        scene_fraction: float = 0.0,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; known splits: {', '.join(SPLITS)}")
+        if style not in STYLES:
+            raise ValueError(f"unknown style {style!r}; known styles: {', '.join(STYLES)}")
+        if not 0.0 <= scene_fraction <= 1.0:
+            raise ValueError(f"scene_fraction must be in [0, 1], got {scene_fraction}")
+        if scene_fraction and split != "train":
+            raise ValueError(f"scene_fraction is for the train split (the {split!r} split has none)")
         if image_size < 16:
             raise ValueError(f"image_size must be >= 16, got {image_size}")
         if seed < 0 or length < 0:
@@ -254,6 +286,8 @@ class SyntheticShapes:
         self.seed = seed
         self.split = split
         self.length = length
+        self.style = style
+        self.scene_fraction = float(scene_fraction)
         if split in ("train", "seen"):
             self.classes = seen_classes()
         elif split == "heldout":
@@ -280,11 +314,28 @@ class SyntheticShapes:
         if not 0 <= index < self.length:
             raise IndexError(f"index out of range for length {self.length}")
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, SPLITS[self.split], index]))
+        scene_rng = rng if self.split == "scenes" else self._scene_rng(index)
+        if scene_rng is not None:
+            from model.data import synthetic_scenes  # it builds on this module's geometry
+
+            return synthetic_scenes.render_scene(self, scene_rng, index)
         if self.split == "train":
             colour, shape = self.classes[int(rng.integers(len(self.classes)))]
         else:
             colour, shape = self.classes[index % len(self.classes)]
+        if self.style == "varied":
+            from model.data import synthetic_scenes
+
+            return synthetic_scenes.render_varied(self, rng, colour, shape)
         return self._render(rng, colour, shape)
+
+    def _scene_rng(self, index: int) -> np.random.Generator | None:
+        """The generator of train index `index` if it is a scene, else None. A stream apart from
+        the index's own (one more key word), so scene_fraction 0 leaves "train" as it always was."""
+        if self.split != "train" or self.scene_fraction <= 0.0:
+            return None
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, SPLITS[self.split], index, 1]))
+        return rng if rng.random() < self.scene_fraction else None
 
     # -- drawing --------------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from collections import Counter
@@ -99,6 +100,35 @@ def test_same_index_same_bytes_across_instances_and_call_order() -> None:
     assert a[5].image.tobytes() == a[5].image.tobytes()
 
 
+# sha256 over samples 0, 1, 2, 3, 17, 999 and 12345 (image bytes, caption, facts), computed with the
+# generator as it was before scenes and styles were added: the defaults must still draw exactly these.
+_CLASSIC_SHA256 = {
+    ("train", 0, 64): "1bd7375be20a770eeb483a7abf1c97880dc7f23977e55ed636571695cc1d9e7e",
+    ("train", 7, 96): "87519b8797c9c9b9f48c33b77b569288ac988528ac7c84f5bd56f2d5839490e6",
+    ("seen", 0, 64): "56900f4d494cfde1c63a9431a31b0b4ce3ae2e88735f6cba7d064035a75701d7",
+    ("seen", 7, 96): "48d4583da756b29d741bf347aed0d6ce8bc477baff3ea1fe052f178eac1c09a1",
+    ("heldout", 0, 64): "0fb8d37ba3e67917c1243348cf9fb95fb95279e4e0c6dcf046d6404051ef4b67",
+    ("heldout", 7, 96): "3931ca979466d831bb2644b021e22248a4cf8a3a479690a2efb63c9f260ccba9",
+    ("all", 0, 64): "eb3d35fda74d90250e6425f4914d59b84adba9691715733b022a13f33d0002e9",
+    ("all", 7, 96): "729f27731258d5315645213c0000e24b745fd7630c6b6c3ac03bc5ca4db5e65f",
+}
+
+
+@pytest.mark.parametrize("key", sorted(_CLASSIC_SHA256))
+def test_classic_output_is_byte_identical_to_before(key: tuple[str, int, int]) -> None:
+    split, seed, size = key
+    explicit = {"style": "classic", "scene_fraction": 0.0} if split == "train" else {"style": "classic"}
+    for ds in (SyntheticShapes(size, seed, split), SyntheticShapes(size, seed, split, **explicit)):
+        h = hashlib.sha256()
+        for i in (0, 1, 2, 3, 17, 999, 12345):
+            s = ds[i]
+            h.update(s.image.tobytes())
+            h.update(s.caption.encode())
+            h.update(f"{s.colour}|{s.shape}|{s.size}|{s.position}|{s.background}".encode())
+            assert s.objects == ((s.colour, s.shape),)
+        assert h.hexdigest() == _CLASSIC_SHA256[key]
+
+
 def test_different_seeds_and_splits_differ() -> None:
     base = SyntheticShapes(seed=0, split="train")
     other_seed = SyntheticShapes(seed=1, split="train")
@@ -155,6 +185,13 @@ def test_seen_and_all_splits() -> None:
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="split"):
         SyntheticShapes(split="test")
+    with pytest.raises(ValueError, match="style"):
+        SyntheticShapes(style="fancy")
+    for fraction in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="scene_fraction"):
+            SyntheticShapes(scene_fraction=fraction)
+    with pytest.raises(ValueError, match="train split"):
+        SyntheticShapes(split="seen", scene_fraction=0.2)
     with pytest.raises(ValueError):
         SyntheticShapes(seed=-1)
     ds = SyntheticShapes(length=3)
