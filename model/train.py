@@ -128,6 +128,12 @@ def _loader(
     if cfg.data == "webdataset":  # blocks of one micro-batch: a resume reads exactly the same batches
         options.setdefault("block_size", micro)
     src = open_source(cfg.data, cfg.data_path, image_size, cfg.seed, options)
+    if cfg.data == "synthetic":  # the generator's options are TrainConfig fields, not data_options
+        from model.data import SyntheticPairs
+
+        src = SyntheticPairs(
+            image_size, cfg.seed, style=cfg.synthetic_style, scene_fraction=cfg.scene_fraction
+        )
     common: dict[str, Any] = {
         "batch_size": micro,
         "collate_fn": collate_pairs(tokenizer),

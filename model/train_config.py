@@ -68,6 +68,7 @@ TRAIN_RANGES: dict[str, Range] = {
     "eval_images": _AT_LEAST_1,
     "eval_templates": _NONEMPTY,
     "max_minutes": _ABOVE_0,
+    "scene_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
 }
 
 
@@ -151,6 +152,10 @@ class TrainConfig:
     data: str = "synthetic"
     data_path: str | None = None
     data_options: dict[str, Any] = field(default_factory=dict)
+    # synthetic data only (model/data/synthetic.py): the look of the training images, and the share
+    # of them that are two-object scenes (seen pairs only); "classic" and 0.0 are the original images
+    synthetic_style: Literal["classic", "varied"] = "classic"
+    scene_fraction: float = 0.0
     out_dir: str = "runs/default"
     # 450 x 256 images, about 4 minutes on 2 CPU cores. Measured against 900 x 128 (the same images):
     # held-out top-1 93-99% over three runs instead of 84-100%: larger batches, more negatives.
@@ -193,6 +198,10 @@ class TrainConfig:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         if problem := check_fields(TrainConfig, values, TRAIN_RANGES):
             raise TrainError(problem)
+        if self.data != "synthetic" and (self.synthetic_style != "classic" or self.scene_fraction):
+            raise TrainError(
+                f"synthetic_style and scene_fraction are options of synthetic data, not of {self.data!r}"
+            )
         # the loop splits each batch into accum_steps micro-batches (model/train.py _check_batch
         # also divides by the world size, known only there)
         if self.batch_size % self.accum_steps:

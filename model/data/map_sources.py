@@ -72,11 +72,24 @@ class MapPairs(Dataset[Pair]):
 
 
 class SyntheticPairs(MapPairs):
-    """`model.data.synthetic.SyntheticShapes` as pairs; never unreadable (skipped is always 0)."""
+    """`model.data.synthetic.SyntheticShapes` as pairs; never unreadable (skipped is always 0).
 
-    def __init__(self, image_size: int, seed: int, split: str = "train", length: int = 1 << 30) -> None:
+    style and scene_fraction are SyntheticShapes' own ("classic", 0.0: the images they always were)."""
+
+    def __init__(
+        self,
+        image_size: int,
+        seed: int,
+        split: str = "train",
+        length: int = 1 << 30,
+        style: str = "classic",
+        scene_fraction: float = 0.0,
+    ) -> None:
         super().__init__(image_size)
-        self.shapes = SyntheticShapes(image_size=image_size, seed=seed, split=split, length=length)
+        try:
+            self.shapes = SyntheticShapes(image_size, seed, split, length, style, scene_fraction)
+        except ValueError as e:  # a bad option is a data error to the trainer, named by SyntheticShapes
+            raise DataError(str(e)) from None
 
     def __len__(self) -> int:
         return len(self.shapes)
