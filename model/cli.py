@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from model.calibrate import add_parser as calibrate_parser
+from model.cli_eval import add_parser as eval_parser
 from model.cli_types import non_negative_int, port, positive_float, positive_int
 
 log = logging.getLogger("zeroshot")
@@ -145,36 +146,6 @@ def cmd_import(args: argparse.Namespace) -> None:
     )
 
 
-def cmd_eval(args: argparse.Namespace) -> None:
-    from model.bundle.prompts import load_templates
-    from model.evaluate import DEFAULT_TEMPLATE_SETS, FOLDER_TEMPLATE_SETS, format_report
-
-    default = FOLDER_TEMPLATE_SETS if args.folder else DEFAULT_TEMPLATE_SETS
-    templates = [t.strip() for t in (args.templates or ",".join(default)).split(",") if t.strip()]
-    for t in templates:  # a set name or a template file; a bad one fails before any model loads
-        load_templates(t)
-    if args.limit is not None and not args.folder:
-        raise CliError("--limit applies to --folder evaluation only")
-    if args.folder:
-        from model.evaluate import evaluate_folder
-
-        report = evaluate_folder(
-            _bundle_path(args.bundle),
-            args.folder,
-            templates,
-            limit=args.limit,
-            image_precision=args.image_precision,
-        )
-    else:
-        from model.evaluate import evaluate_synthetic
-
-        bundle = _bundle_path(args.bundle)
-        report = evaluate_synthetic(
-            bundle, args.heldout_images, args.seen_images, templates, image_precision=args.image_precision
-        )
-    print(format_report(report))
-
-
 def cmd_retrain(args: argparse.Namespace) -> int:
     from model.retrain import RetrainConfig, retrain
 
@@ -206,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _export_parser(sub)
     _import_parser(sub)
-    _eval_parser(sub)
+    eval_parser(sub)
     calibrate_parser(sub)
     _retrain_parser(sub)
     _serve_parser(sub)
@@ -301,38 +272,6 @@ def _import_parser(sub: Subparsers) -> None:
         "--checkpoint-out", help="zeroshot checkpoint of the weights (default runs/import-NAME/imported.pt)"
     )
     im.set_defaults(func=cmd_import)
-
-
-def _eval_parser(sub: Subparsers) -> None:
-    v = sub.add_parser(
-        "eval",
-        help="zero-shot accuracy of a bundle on the synthetic held-out and seen classes, or an image folder",
-    )
-    v.add_argument(
-        "bundle",
-        nargs="?",
-        default=str(DEFAULT_MODELS / "default"),
-        help="bundle folder, or model folder with CURRENT (default models/default)",
-    )
-    v.add_argument(
-        "--templates",
-        help="comma-separated template sets or template files (default none,default,synthetic; "
-        "with --folder default,imagenet7,imagenet80)",
-    )
-    v.add_argument("--heldout-images", type=positive_int, default=600)
-    v.add_argument("--seen-images", type=positive_int, default=1500)
-    v.add_argument("--folder", help="evaluate this image folder (one sub-folder per class) instead")
-    v.add_argument(
-        "--limit", type=positive_int, help="with --folder: at most N images, round-robin over classes"
-    )
-    v.add_argument(
-        "--image-precision",
-        choices=["fp32", "int8"],
-        default="fp32",
-        help="int8: evaluate the bundle's image_encoder.int8.onnx (export --int8), as "
-        "ZEROSHOT_IMAGE_PRECISION=int8 serves it; its figures are kept beside the fp32 ones in eval.json",
-    )
-    v.set_defaults(func=cmd_eval)
 
 
 def _retrain_parser(sub: Subparsers) -> None:

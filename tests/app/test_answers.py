@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -226,3 +227,46 @@ def test_held_out_pairs_are_none_of_the_seen_labels(real_client: TestClient) -> 
     r = real_client.post("/v1/classify", json={"images": inside + outside, "labels": seen, "min_cosine": 0.6})
     flags = [row["abstained"] for row in r.json()["results"]]
     assert sum(flags[len(inside) :]) > sum(flags[: len(inside)])
+
+
+def values_over_http(c: TestClient, images: list[str], label_set: str) -> list[float]:
+    """The deciding score of each image, as the server answers it, 16 images a request."""
+    out = []
+    for i in range(0, len(images), 16):
+        r = c.post("/v1/classify", json={"images": images[i : i + 16], "label_set": label_set})
+        assert r.status_code == 200, r.text
+        out += [row["abstain"]["value"] for row in r.json()["results"]]
+    return out
+
+
+def test_open_set_far_and_near_over_http(real_client: TestClient) -> None:
+    """The issue's two open-set tests through the server: a set calibrated over HTTP on one split, its
+    rule's score read from the answers on another. Far: all 36 classes against images with no listed
+    shape; near: the 30 seen classes against the 6 held-out pairs."""
+    from model.bundle.metrics import auroc
+    from model.data.out_of_set import FarOutOfSet
+    from model.data.synthetic import all_classes, seen_classes
+
+    c = real_client
+    far = FarOutOfSet(image_size=64, seed=77, length=108)
+    cases = {
+        "far": ([class_name(*x) for x in all_classes()], "all", [b64(far[i]) for i in range(108)]),
+        "near": ([class_name(*x) for x in seen_classes()], "seen", [i for i, _ in shapes(72, "heldout", 78)]),
+    }
+    figures = {}
+    for case, (labels, split, outside) in cases.items():
+        r = c.put(f"/v1/label-sets/{case}", json={"labels": labels, "templates": "synthetic"}, headers=ADMIN)
+        assert r.status_code == 200, r.text
+        cal_in = shapes(3 * len(labels), split, 79)
+        body = [{"image": i, "label": lb} for i, lb in cal_in] + [
+            {"image": i, "label": None} for i in outside[::2]
+        ]
+        r = calibrate(c, case, body, target_fpr=0.05)
+        assert r.status_code == 200, r.text
+        test_in = [i for i, _ in shapes(3 * len(labels), split, 80)]
+        inside_v = values_over_http(c, test_in, case)
+        outside_v = values_over_http(c, outside[1::2], case)
+        figures[case] = auroc(np.array(inside_v), np.array(outside_v))
+    print(f"calibrated AUROC over HTTP: far {figures['far']:.3f}, near {figures['near']:.3f}")
+    assert figures["far"] >= 0.95
+    assert figures["near"] >= 0.80  # the issue aims at 0.85; measured figures are in the README
