@@ -240,7 +240,7 @@ def values_over_http(c: TestClient, images: list[str], label_set: str) -> list[f
 
 
 def test_open_set_far_and_near_over_http(real_client: TestClient) -> None:
-    """The issue's two open-set tests through the server: a set calibrated over HTTP on one split, its
+    """The two open-set tests through the server: a set calibrated over HTTP on one split, its
     rule's score read from the answers on another. Far: all 36 classes against images with no listed
     shape; near: the 30 seen classes against the 6 held-out pairs."""
     from model.bundle.metrics import auroc
@@ -269,4 +269,4 @@ def test_open_set_far_and_near_over_http(real_client: TestClient) -> None:
         figures[case] = auroc(np.array(inside_v), np.array(outside_v))
     print(f"calibrated AUROC over HTTP: far {figures['far']:.3f}, near {figures['near']:.3f}")
     assert figures["far"] >= 0.95
-    assert figures["near"] >= 0.80  # the issue aims at 0.85; measured figures are in the README
+    assert figures["near"] >= 0.80  # the aim is 0.85; the measured figures are in the README
