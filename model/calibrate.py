@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from model.bundle.calibration_fit import Target
+from model.cli_common import bundle_path
 
 if (
     TYPE_CHECKING
@@ -151,10 +152,8 @@ def add_parser(sub: Any) -> None:
 
 
 def _command(args: argparse.Namespace) -> None:
-    from model.cli import _bundle_path
-
     fit = calibrate_folder(
-        Path(args.label_sets_dir), args.label_set, Path(args.folder), _bundle_path(args.model), args.unknown,
+        Path(args.label_sets_dir), args.label_set, Path(args.folder), bundle_path(args.model), args.unknown,
         Target(args.target_precision, args.target_fpr),
     )  # fmt: skip
     print(format_fit(fit))

@@ -15,28 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from model.calibrate import add_parser as calibrate_parser
+from model.cli_common import DEFAULT_MODELS, CliError
 from model.cli_eval import add_parser as eval_parser
 from model.cli_types import non_negative_int, port, positive_float, positive_int
 
 log = logging.getLogger("zeroshot")
-
-DEFAULT_MODELS = Path("models")
-
-
-class CliError(Exception):
-    pass
-
-
-def _bundle_path(arg: str) -> Path:
-    """A bundle folder, or a model folder with CURRENT (then the current version)."""
-    from model.bundle.format import CURRENT, read_current
-
-    p = Path(arg)
-    if (p / CURRENT).is_file():
-        return p / read_current(p)
-    if not p.exists():
-        raise CliError(f"{p} does not exist")
-    return p
 
 
 _TRAIN_FLAGS = (

@@ -8,12 +8,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from model.cli_common import DEFAULT_MODELS, CliError, bundle_path
 from model.cli_types import positive_int
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from model.cli import CliError, _bundle_path
-
     if args.open_set:
         return _eval_open_set(args)
     from model.bundle.prompts import load_templates
@@ -29,7 +28,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         from model.evaluate import evaluate_folder
 
         report = evaluate_folder(
-            _bundle_path(args.bundle),
+            bundle_path(args.bundle),
             args.folder,
             templates,
             limit=args.limit,
@@ -38,7 +37,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     else:
         from model.evaluate import evaluate_synthetic
 
-        bundle = _bundle_path(args.bundle)
+        bundle = bundle_path(args.bundle)
         report = evaluate_synthetic(
             bundle, args.heldout_images, args.seen_images, templates, image_precision=args.image_precision
         )
@@ -48,14 +47,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def _eval_open_set(args: argparse.Namespace) -> None:
     import json
 
-    from model.cli import CliError, _bundle_path
     from model.openset_eval import evaluate_openset, format_openset
 
     if args.folder:
         raise CliError("--open-set runs on the synthetic world; --folder evaluation is separate")
     out = Path(args.out)
     report = evaluate_openset(
-        _bundle_path(args.bundle), args.per_class, args.out_of_set_images, out / "coverage.png"
+        bundle_path(args.bundle), args.per_class, args.out_of_set_images, out / "coverage.png"
     )
     out.mkdir(parents=True, exist_ok=True)
     (out / "openset.json").write_text(json.dumps(report, indent=1))
@@ -64,8 +62,6 @@ def _eval_open_set(args: argparse.Namespace) -> None:
 
 
 def add_parser(sub: Any) -> None:
-    from model.cli import DEFAULT_MODELS
-
     v = sub.add_parser(
         "eval",
         help="zero-shot accuracy of a bundle on the synthetic held-out and seen classes, or an image folder",
