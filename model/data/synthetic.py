@@ -1,11 +1,9 @@
 """Synthetic captioned shapes: a small, deterministic world in which zero-shot is a real test.
 
 Every image holds one flat-coloured shape on a muted background; its caption always names the
-colour and the shape and sometimes the size, position and background. The "scenes" split (and,
-with ``scene_fraction``, part of "train") holds two shapes of different classes, both named in the
-caption; ``style="varied"`` widens sizes, positions, proportions and backgrounds and adds outlines,
-blur, noise and JPEG (both in model/data/synthetic_scenes.py). The defaults ("classic", no scenes)
-draw exactly the images and captions they always have. Six (colour, shape) pairs,
+colour and the shape and sometimes the size, position and background. Two-object scenes ("scenes"
+split, ``scene_fraction`` of "train") and ``style="varied"`` are drawn by model/data/synthetic_scenes.py;
+the defaults draw exactly the images and captions they always have. Six (colour, shape) pairs,
 ``HELD_OUT``, never occur in the "train" split, neither in images nor in captions, while each colour
 and each shape still occurs in training with five other partners. A model that names a "green
 circle" it has never seen has composed "green" and "circle": that is zero-shot.
@@ -102,8 +100,7 @@ class Sample:
     size: str = ""  # small | medium | large
     position: str = ""  # e.g. "left", "top right", "center"
     background: str = ""  # e.g. "light gray"
-    # every (colour, shape) in the image, in the order the caption names them; colour, shape, size
-    # and position are those of the first. Left empty, it is the one object (colour, shape).
+    # every (colour, shape) in the image, in caption order (the fields above: the first); default: one
     objects: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
@@ -251,14 +248,12 @@ class SyntheticShapes:
     """Indexable source of captioned shape images.
 
     Splits: "train" (seen pairs, random pair per index), "seen" (seen pairs, a different random
-    stream from train), "heldout" (held-out pairs only), "all" (every pair), "scenes" (two objects
-    of two different classes out of all 36). The evaluation splits cycle through their classes
-    (index % n_classes; for "scenes", the class of one of the two objects), so any prefix of them
-    is class-balanced.
+    stream from train), "heldout" (held-out pairs only), "all" (every pair), "scenes" (two objects of
+    two of the 36 classes). The evaluation splits cycle through their classes (index % n_classes;
+    "scenes": one of its two), so any prefix of them is class-balanced.
 
-    style: "classic" or "varied" (see the module docstring). scene_fraction (train only): the
-    share of train indices that are two-object scenes of seen pairs, decided per index from a
-    stream of its own, so the other indices stay exactly what they are without scenes.
+    style: "classic" or "varied". scene_fraction (train only): the share of train indices that are
+    scenes of seen pairs, decided per index from a stream of its own (the others stay as they were).
     """
 
     def __init__(
@@ -314,28 +309,19 @@ class SyntheticShapes:
         if not 0 <= index < self.length:
             raise IndexError(f"index out of range for length {self.length}")
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, SPLITS[self.split], index]))
-        scene_rng = rng if self.split == "scenes" else self._scene_rng(index)
-        if scene_rng is not None:
-            from model.data import synthetic_scenes  # it builds on this module's geometry
+        from model.data import synthetic_scenes  # it builds on this module's geometry
 
-            return synthetic_scenes.render_scene(self, scene_rng, index)
+        if self.split == "scenes" or self.scene_fraction > 0.0:
+            scene_rng = rng if self.split == "scenes" else synthetic_scenes.scene_rng(self, index)
+            if scene_rng is not None:
+                return synthetic_scenes.render_scene(self, scene_rng, index)
         if self.split == "train":
             colour, shape = self.classes[int(rng.integers(len(self.classes)))]
         else:
             colour, shape = self.classes[index % len(self.classes)]
         if self.style == "varied":
-            from model.data import synthetic_scenes
-
             return synthetic_scenes.render_varied(self, rng, colour, shape)
         return self._render(rng, colour, shape)
-
-    def _scene_rng(self, index: int) -> np.random.Generator | None:
-        """The generator of train index `index` if it is a scene, else None. A stream apart from
-        the index's own (one more key word), so scene_fraction 0 leaves "train" as it always was."""
-        if self.split != "train" or self.scene_fraction <= 0.0:
-            return None
-        rng = np.random.default_rng(np.random.SeedSequence([self.seed, SPLITS[self.split], index, 1]))
-        return rng if rng.random() < self.scene_fraction else None
 
     # -- drawing --------------------------------------------------------------------------------
 

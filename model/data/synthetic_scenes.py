@@ -30,6 +30,7 @@ from model.data.synthetic import (
     _SHAPE_SCALE,
     COLOUR_JITTER,
     COLOUR_RGB,
+    SPLITS,
     Sample,
     _cross,
     _regular,
@@ -309,3 +310,12 @@ def render_scene(src: SyntheticShapes, rng: np.random.Generator, index: int) -> 
     position = _position_name(float(centres[first][0]), float(centres[first][1]))
     objects = (pairs[order[0]], pairs[order[1]])
     return Sample(image, caption, colour, shape, sizes[first], position, tone, objects)
+
+
+def scene_rng(shapes: SyntheticShapes, index: int) -> np.random.Generator | None:
+    """The generator of train index `index` if it is a scene, else None. A stream apart from the
+    index's own (one more key word), so scene_fraction 0 leaves "train" as it always was."""
+    if shapes.split != "train" or shapes.scene_fraction <= 0.0:
+        return None
+    rng = np.random.default_rng(np.random.SeedSequence([shapes.seed, SPLITS[shapes.split], index, 1]))
+    return rng if rng.random() < shapes.scene_fraction else None
