@@ -132,7 +132,11 @@ def _loader(
         from model.data import SyntheticPairs
 
         src = SyntheticPairs(
-            image_size, cfg.seed, style=cfg.synthetic_style, scene_fraction=cfg.scene_fraction
+            image_size,
+            cfg.seed,
+            style=cfg.synthetic_style,
+            scene_fraction=cfg.scene_fraction,
+            varied_fraction=cfg.varied_fraction,
         )
     common: dict[str, Any] = {
         "batch_size": micro,

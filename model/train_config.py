@@ -69,6 +69,7 @@ TRAIN_RANGES: dict[str, Range] = {
     "eval_templates": _NONEMPTY,
     "max_minutes": _ABOVE_0,
     "scene_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "varied_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
 }
 
 
@@ -152,9 +153,11 @@ class TrainConfig:
     data: str = "synthetic"
     data_path: str | None = None
     data_options: dict[str, Any] = field(default_factory=dict)
-    # synthetic data only (model/data/synthetic.py): the look of the training images, and the share
-    # of them that are two-object scenes (seen pairs only); "classic" and 0.0 are the original images
+    # synthetic data only (model/data/synthetic.py): the look of the training images, the share of
+    # them drawn varied (with "varied"; the rest classic), and the share that are two-object scenes
+    # (seen pairs only); "classic" and scene_fraction 0.0 are the original images
     synthetic_style: Literal["classic", "varied"] = "classic"
+    varied_fraction: float = 1.0
     scene_fraction: float = 0.0
     out_dir: str = "runs/default"
     # 450 x 256 images, about 4 minutes on 2 CPU cores. Measured against 900 x 128 (the same images):
@@ -202,6 +205,8 @@ class TrainConfig:
             raise TrainError(
                 f"synthetic_style and scene_fraction are options of synthetic data, not of {self.data!r}"
             )
+        if self.synthetic_style == "classic" and self.varied_fraction != 1.0:
+            raise TrainError("varied_fraction is for synthetic_style 'varied'")
         # the loop splits each batch into accum_steps micro-batches (model/train.py _check_batch
         # also divides by the world size, known only there)
         if self.batch_size % self.accum_steps:

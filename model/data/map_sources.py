@@ -74,7 +74,8 @@ class MapPairs(Dataset[Pair]):
 class SyntheticPairs(MapPairs):
     """`model.data.synthetic.SyntheticShapes` as pairs; never unreadable (skipped is always 0).
 
-    style and scene_fraction are SyntheticShapes' own ("classic", 0.0: the images they always were)."""
+    style, scene_fraction and varied_fraction are SyntheticShapes' own (the defaults: the images
+    they always were)."""
 
     def __init__(
         self,
@@ -84,10 +85,13 @@ class SyntheticPairs(MapPairs):
         length: int = 1 << 30,
         style: str = "classic",
         scene_fraction: float = 0.0,
+        varied_fraction: float = 1.0,
     ) -> None:
         super().__init__(image_size)
         try:
-            self.shapes = SyntheticShapes(image_size, seed, split, length, style, scene_fraction)
+            self.shapes = SyntheticShapes(
+                image_size, seed, split, length, style, scene_fraction, varied_fraction
+            )
         except ValueError as e:  # a bad option is a data error to the trainer, named by SyntheticShapes
             raise DataError(str(e)) from None
 

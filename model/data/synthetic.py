@@ -252,8 +252,9 @@ class SyntheticShapes:
     two of the 36 classes). The evaluation splits cycle through their classes (index % n_classes;
     "scenes": one of its two), so any prefix of them is class-balanced.
 
-    style: "classic" or "varied". scene_fraction (train only): the share of train indices that are
-    scenes of seen pairs, decided per index from a stream of its own (the others stay as they were).
+    style: "classic" or "varied"; varied_fraction: with "varied", the share of indices drawn varied
+    (the rest classic). scene_fraction (train only): the share of train indices that are scenes of
+    seen pairs. Both are decided per index from streams of their own (the others stay as they were).
     """
 
     def __init__(
@@ -264,13 +265,17 @@ class SyntheticShapes:
         length: int = 100_000,
         style: str = "classic",
         scene_fraction: float = 0.0,
+        varied_fraction: float = 1.0,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; known splits: {', '.join(SPLITS)}")
         if style not in STYLES:
             raise ValueError(f"unknown style {style!r}; known styles: {', '.join(STYLES)}")
-        if not 0.0 <= scene_fraction <= 1.0:
-            raise ValueError(f"scene_fraction must be in [0, 1], got {scene_fraction}")
+        for name, share in (("scene_fraction", scene_fraction), ("varied_fraction", varied_fraction)):
+            if not 0.0 <= share <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {share}")
+        if style == "classic" and varied_fraction != 1.0:
+            raise ValueError("varied_fraction is for style 'varied'")
         if scene_fraction and split != "train":
             raise ValueError(f"scene_fraction is for the train split (the {split!r} split has none)")
         if image_size < 16:
@@ -283,6 +288,7 @@ class SyntheticShapes:
         self.length = length
         self.style = style
         self.scene_fraction = float(scene_fraction)
+        self.varied_fraction = float(varied_fraction)
         if split in ("train", "seen"):
             self.classes = seen_classes()
         elif split == "heldout":
@@ -309,18 +315,18 @@ class SyntheticShapes:
         if not 0 <= index < self.length:
             raise IndexError(f"index out of range for length {self.length}")
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, SPLITS[self.split], index]))
-        from model.data import synthetic_scenes  # it builds on this module's geometry
+        from model.data import synthetic_scenes as more  # it builds on this module's geometry
 
-        if self.split == "scenes" or self.scene_fraction > 0.0:
-            scene_rng = rng if self.split == "scenes" else synthetic_scenes.scene_rng(self, index)
-            if scene_rng is not None:
-                return synthetic_scenes.render_scene(self, scene_rng, index)
+        varied = more.varied_at(self, index)
+        scene_rng = rng if self.split == "scenes" else more.scene_rng(self, index)
+        if scene_rng is not None:
+            return more.render_scene(self, scene_rng, index, varied)
         if self.split == "train":
             colour, shape = self.classes[int(rng.integers(len(self.classes)))]
         else:
             colour, shape = self.classes[index % len(self.classes)]
-        if self.style == "varied":
-            return synthetic_scenes.render_varied(self, rng, colour, shape)
+        if varied:
+            return more.render_varied(self, rng, colour, shape)
         return self._render(rng, colour, shape)
 
     # -- drawing --------------------------------------------------------------------------------

@@ -137,6 +137,21 @@ def test_scene_fraction_adds_scenes_and_leaves_the_other_indices_alone() -> None
     assert 60 < n_scenes < 120  # about 90
 
 
+def test_varied_fraction_mixes_styles_and_leaves_the_classic_indices_alone() -> None:
+    classic = SyntheticShapes(64, seed=3)
+    mixed = SyntheticShapes(64, seed=3, style="varied", varied_fraction=0.3)
+    all_varied = SyntheticShapes(64, seed=3, style="varied")
+    same = [mixed[i].image.tobytes() == classic[i].image.tobytes() for i in range(200)]
+    assert 0.55 < np.mean(same) < 0.85  # about 70% classic
+    for i in range(200):
+        if not same[i]:  # the others are the all-varied images themselves
+            assert mixed[i].image.tobytes() == all_varied[i].image.tobytes()
+    with pytest.raises(ValueError, match="varied_fraction is for style 'varied'"):
+        SyntheticShapes(varied_fraction=0.5)
+    with pytest.raises(ValueError, match="varied_fraction must be in"):
+        SyntheticShapes(style="varied", varied_fraction=1.5)
+
+
 def test_train_with_scenes_and_varied_never_shows_a_held_out_pair() -> None:
     """Neither as an object nor in a caption: the zero-shot pairs stay unseen with the new options."""
     phrases = [class_name(c, s) for c, s in HELD_OUT]
@@ -211,7 +226,7 @@ def test_varied_images_are_rgb_of_requested_size(size: int) -> None:
 
 def test_train_config_fields_are_checked() -> None:
     cfg = TrainConfig()
-    assert (cfg.synthetic_style, cfg.scene_fraction) == ("classic", 0.0)
+    assert (cfg.synthetic_style, cfg.varied_fraction, cfg.scene_fraction) == ("classic", 1.0, 0.0)
     ok = TrainConfig.from_dict({"synthetic_style": "varied", "scene_fraction": 0.2})
     assert (ok.synthetic_style, ok.scene_fraction) == ("varied", 0.2)
     cases: list[tuple[dict[str, Any], str]] = [
@@ -220,6 +235,8 @@ def test_train_config_fields_are_checked() -> None:
         ({"scene_fraction": -0.1}, "scene_fraction must be a number in"),
         ({"scene_fraction": "0.2"}, "scene_fraction must be a number in"),
         ({"scene_fraction": True}, "scene_fraction must be a number in"),
+        ({"synthetic_style": "varied", "varied_fraction": 2}, "varied_fraction must be a number in"),
+        ({"varied_fraction": 0.5}, "varied_fraction is for synthetic_style 'varied'"),
     ]
     for bad, words in cases:
         with pytest.raises(TrainError, match=re.escape(words)):
@@ -231,11 +248,15 @@ def test_train_config_fields_are_checked() -> None:
 
 
 def test_options_reach_the_training_source() -> None:
-    cfg = TrainConfig(synthetic_style="varied", scene_fraction=0.25, batch_size=8, steps=2, num_workers=0)
+    cfg = TrainConfig.from_dict(
+        {"synthetic_style": "varied", "varied_fraction": 0.5, "scene_fraction": 0.25}
+        | {"batch_size": 8, "steps": 2, "num_workers": 0}
+    )
     loader = _loader(cfg, Dist(), 32, 0, ClipTokenizer.clip_bpe())
     source = loader.dataset
     assert isinstance(source, SyntheticPairs)
-    assert (source.shapes.style, source.shapes.scene_fraction) == ("varied", 0.25)
+    shapes = source.shapes
+    assert (shapes.style, shapes.varied_fraction, shapes.scene_fraction) == ("varied", 0.5, 0.25)
     pixels, _, skipped = next(iter(loader))
     assert tuple(pixels.shape) == (8, 3, 32, 32) and skipped == 0
     with pytest.raises(DataError, match="style"):
