@@ -15,6 +15,10 @@ from model.cli_types import positive_int
 def cmd_eval(args: argparse.Namespace) -> None:
     if args.open_set:
         return _eval_open_set(args)
+    if args.robustness:
+        from model.robustness import evaluate_robustness, format_robustness
+
+        return print(format_robustness(evaluate_robustness(bundle_path(args.bundle), args.per_class)))
     from model.bundle.prompts import load_templates
     from model.evaluate import DEFAULT_TEMPLATE_SETS, FOLDER_TEMPLATE_SETS, format_report
 
@@ -97,7 +101,13 @@ def add_parser(sub: Any) -> None:
         "out-of-set images, calibration error before and after temperature scaling, accuracy vs coverage",
     )
     v.add_argument(
-        "--per-class", type=positive_int, default=10, help="with --open-set: test images per class"
+        "--robustness",
+        action="store_true",
+        help="top-1 among the 36 labels on the training generator's images and on an independent "
+        "renderer's (model/data/probe_shapes.py), seen and held-out pairs apart",
+    )
+    v.add_argument(
+        "--per-class", type=positive_int, default=10, help="with --open-set or --robustness: images per class"
     )
     v.add_argument("--out-of-set-images", type=positive_int, default=360, help="with --open-set: far images")
     v.add_argument("--out", default="runs/eval-openset", help="with --open-set: where the JSON and PNG go")
