@@ -326,8 +326,10 @@ class Engine:
 
     async def get_label_set(self, name: str) -> tuple[LabelSet, Calibration]:
         """The set, and its calibration for the model served (fitted, stale, unreadable or none)."""
-        ls = await run_in_threadpool(self.label_sets.get, name)
-        return ls, await run_in_threadpool(self.calibrations.get, ls, self.runtime().sha)
+        ls, rt = await run_in_threadpool(self.label_sets.get, name), self.holder.runtime
+        if rt is None:  # the set is still shown while no model is loaded; its calibration cannot be judged
+            return ls, Calibration("none", reason="no model is loaded")
+        return ls, await run_in_threadpool(self.calibrations.get, ls, rt.sha)
 
     async def list_label_sets(self) -> list[LabelSet]:
         return await run_in_threadpool(self.label_sets.list)

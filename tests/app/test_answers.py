@@ -270,3 +270,19 @@ def test_open_set_far_and_near_over_http(real_client: TestClient) -> None:
     print(f"calibrated AUROC over HTTP: far {figures['far']:.3f}, near {figures['near']:.3f}")
     assert figures["far"] >= 0.95
     assert figures["near"] >= 0.80  # the aim is 0.85; the measured figures are in the README
+
+
+def test_a_label_set_is_shown_while_no_model_is_loaded(tmp_path: Path) -> None:
+    from tests.fakes import fake_settings
+
+    def no_model(settings: Settings, version: str) -> Any:
+        raise RuntimeError("the bundle cannot be loaded")
+
+    s = fake_settings(tmp_path)
+    s.label_sets_dir.mkdir(parents=True)
+    d = {"name": "pets", "labels": ["cat"], "templates": ["{}"], "template_set": None, "created_at": "t"}
+    (s.label_sets_dir / "pets.json").write_text(json.dumps(d))
+    with TestClient(create_app(s, no_model)) as c:
+        r = c.get("/v1/label-sets/pets")
+    assert r.status_code == 200, r.text
+    assert r.json()["labels"] == ["cat"] and r.json()["calibration"]["status"] == "none"
