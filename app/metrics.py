@@ -25,6 +25,7 @@ class _State(Collector):
     def __init__(self, engine: Engine) -> None:
         self.holder, self.batcher, self.cache = engine.holder, engine.batcher, engine.cache
         self.text_lane = engine.text_lane
+        self.engine = engine
 
     def collect(self) -> Iterable[Metric]:
         lane = self.text_lane.stats()  # one read under the lane's lock
@@ -53,6 +54,12 @@ class _State(Collector):
                 "zeroshot_text_prompts_encoded",
                 "prompts run through the text encoder",
                 self.cache.encoded_prompts,
+            ),
+            ("zeroshot_answers_ruled", "image answers judged by an abstain rule", self.engine.ruled),
+            (
+                "zeroshot_answers_abstained",
+                "image answers that abstained: none of the labels",
+                self.engine.abstained,
             ),
             (
                 "zeroshot_text_slices_waited",

@@ -115,6 +115,7 @@ class Engine:
         self.calibrations = CalibrationStore(settings.label_sets_dir)
         self.quotas = Quotas(settings)
         self.draining = False  # set on SIGTERM and at shutdown: readiness fails from then on
+        self.ruled = self.abstained = 0  # answers an abstain rule judged, and those it refused (/metrics)
         self._watcher: asyncio.Task[None] | None = None
 
     # --- lifecycle ---
@@ -234,6 +235,8 @@ class Engine:
                 lex, neg = await run_in_threadpool(self._lexicon_for, rt, plan, matrix, req.answer, fit)
             answers = answer(feats, plan.labels, matrix, rt.logit_scale, k, req.answer, fit, lex, neg)
         t2 = time.perf_counter()
+        self.ruled += sum(a.decision is not None for a in answers)  # on the event loop: no lock needed
+        self.abstained += sum(a.abstained for a in answers)
         rows = iter(answers)
         results = [failed[i] if i in failed else next(rows) for i in range(len(req.images))]
         t0 = ticket.announcement.started

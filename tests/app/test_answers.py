@@ -81,6 +81,14 @@ def test_results_say_whether_to_abstain_and_by_which_rule(client: TestClient) ->
     assert all(r["abstain"]["score"] == "neglabel" and 0 <= r["abstain"]["value"] <= 1 for r in neg)
     multi = classify(client, labels=["cat"], mode="multi", min_probability=0.5)["results"]
     assert all(r["abstain"]["score"] == "multi" for r in multi)
+    metrics = client.get("/metrics").text
+    counts = {
+        ln.split()[0]: float(ln.split()[1])
+        for ln in metrics.splitlines()
+        if ln.startswith("zeroshot_answers")
+    }
+    assert counts["zeroshot_answers_abstained_total"] >= 4  # min_cosine=1.0 refused all four
+    assert counts["zeroshot_answers_ruled_total"] >= counts["zeroshot_answers_abstained_total"] + 4
 
 
 def test_mode_and_thresholds_as_form_fields(client: TestClient) -> None:
