@@ -27,12 +27,9 @@ class _State(Collector):
         self.text_lane = engine.text_lane
         self.engine = engine
 
-    def collect(self) -> Iterable[Metric]:
-        lane = self.text_lane.stats()  # one read under the lane's lock
-        q = GaugeMetricFamily("zeroshot_queue_depth", "images admitted and waiting for the image encoder")
-        q.add_metric([], self.batcher.pending)
-        yield q
-        for name, doc, value in (
+    def _counters(self, lane: dict[str, int | float]) -> list[tuple[str, str, float]]:
+        """(name, help, value) of every counter, read at scrape time."""
+        return [
             (
                 "zeroshot_queue_rejected",
                 "requests refused with 503 because the queue was full",
@@ -66,7 +63,14 @@ class _State(Collector):
                 "text-encoder slices that waited for another job's slice to end",
                 lane["waited"],
             ),
-        ):
+        ]
+
+    def collect(self) -> Iterable[Metric]:
+        lane = self.text_lane.stats()  # one read under the lane's lock
+        q = GaugeMetricFamily("zeroshot_queue_depth", "images admitted and waiting for the image encoder")
+        q.add_metric([], self.batcher.pending)
+        yield q
+        for name, doc, value in self._counters(lane):
             c = CounterMetricFamily(name, doc)
             c.add_metric([], value)
             yield c

@@ -252,9 +252,9 @@ class SyntheticShapes:
     two of the 36 classes). The evaluation splits cycle through their classes (index % n_classes;
     "scenes": one of its two), so any prefix of them is class-balanced.
 
-    style: "classic" or "varied"; varied_fraction: with "varied", the share of indices drawn varied
-    (the rest classic). scene_fraction (train only): the share of train indices that are scenes of
-    seen pairs. Both are decided per index from streams of their own (the others stay as they were).
+    style "varied" with varied_fraction: that share of indices drawn varied, the rest classic;
+    scene_fraction (train only): that share of train indices are scenes of seen pairs. Each is
+    decided per index from a stream of its own, so the other indices stay as they were.
     """
 
     def __init__(
@@ -267,17 +267,9 @@ class SyntheticShapes:
         scene_fraction: float = 0.0,
         varied_fraction: float = 1.0,
     ) -> None:
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; known splits: {', '.join(SPLITS)}")
-        if style not in STYLES:
-            raise ValueError(f"unknown style {style!r}; known styles: {', '.join(STYLES)}")
-        for name, share in (("scene_fraction", scene_fraction), ("varied_fraction", varied_fraction)):
-            if not 0.0 <= share <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {share}")
-        if style == "classic" and varied_fraction != 1.0:
-            raise ValueError("varied_fraction is for style 'varied'")
-        if scene_fraction and split != "train":
-            raise ValueError(f"scene_fraction is for the train split (the {split!r} split has none)")
+        from model.data.synthetic_scenes import check_options
+
+        check_options(split, style, scene_fraction, varied_fraction)
         if image_size < 16:
             raise ValueError(f"image_size must be >= 16, got {image_size}")
         if seed < 0 or length < 0:

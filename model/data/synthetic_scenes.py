@@ -31,6 +31,7 @@ from model.data.synthetic import (
     COLOUR_JITTER,
     COLOUR_RGB,
     SPLITS,
+    STYLES,
     Sample,
     _cross,
     _regular,
@@ -41,7 +42,7 @@ from model.data.synthetic import (
 if TYPE_CHECKING:
     from model.data.synthetic import SyntheticShapes
 
-__all__ = ["render_scene", "render_varied", "scene_rng", "varied_at"]
+__all__ = ["check_options", "render_scene", "render_varied", "scene_rng", "varied_at"]
 
 _CIRCLE = _regular(64, 0.0)  # a circle as a polygon, so that it can be stretched like the rest
 # Largest stretch (width / height) that keeps each name true: a square stays nearly square.
@@ -318,6 +319,21 @@ def scene_rng(shapes: SyntheticShapes, index: int) -> np.random.Generator | None
         return None
     rng = np.random.default_rng(np.random.SeedSequence([shapes.seed, SPLITS[shapes.split], index, 1]))
     return rng if rng.random() < shapes.scene_fraction else None
+
+
+def check_options(split: str, style: str, scene_fraction: float, varied_fraction: float) -> None:
+    """Refuse an unknown split or style, and a scene or varied option that they cannot honour."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; known splits: {', '.join(SPLITS)}")
+    if style not in STYLES:
+        raise ValueError(f"unknown style {style!r}; known styles: {', '.join(STYLES)}")
+    for name, share in (("scene_fraction", scene_fraction), ("varied_fraction", varied_fraction)):
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {share}")
+    if style == "classic" and varied_fraction != 1.0:
+        raise ValueError("varied_fraction is for style 'varied'")
+    if scene_fraction and split != "train":
+        raise ValueError(f"scene_fraction is for the train split (the {split!r} split has none)")
 
 
 def varied_at(shapes: SyntheticShapes, index: int) -> bool:
