@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from pathlib import Path
 from typing import Annotated, Literal
@@ -88,6 +89,18 @@ class Settings(BaseSettings):
     allowed_formats: Annotated[frozenset[str], NoDecode] = Field(
         default=DEFAULT_FORMATS, description='"JPEG,PNG" or a JSON list; others get 415'
     )
+    # image URLs (app/runtime/url_fetch.py): off unless turned on; never private addresses unless listed
+    url_fetch: bool = Field(default=False, description="fetch images given by http(s) URL")
+    url_allow: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="networks fetched from although not public (comma list, e.g. 10.1.0.0/16,::1); "
+        "loopback, private, link-local and metadata addresses are refused otherwise",
+    )
+    url_fetch_timeout_s: float = Field(
+        default=10.0, gt=0, le=300, description="one URL, redirects and the wait for a slot included"
+    )
+    url_fetch_max_concurrent: int = Field(default=16, ge=1, description="URL fetches at once, per process")
+    url_max_redirects: int = Field(default=3, ge=0, le=10, description="each one checked like the first URL")
     default_top_k: int = Field(default=5, ge=1)
     max_calibration_images: int = Field(default=1000, ge=2, description="labelled images per calibration")
     # label sets and the label-embedding cache
@@ -131,6 +144,17 @@ class Settings(BaseSettings):
         v = _split(v)
         if isinstance(v, list | tuple | set | frozenset):
             return frozenset(str(s) for s in v if str(s))
+        return v
+
+    @field_validator("url_allow", mode="before")
+    @classmethod
+    def _networks(cls, v: object) -> object:
+        v = _split(v)
+        if isinstance(v, list | tuple | set | frozenset):
+            try:  # normalised, so /v1/models shows what is meant; a host address is its /32 or /128
+                return tuple(str(ipaddress.ip_network(str(n), strict=False)) for n in v)
+            except ValueError as e:
+                raise ValueError(f"url_allow: {e}") from None
         return v
 
     @field_validator("admin_token", mode="before")

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException
 
 from app.api.errors import ApiError
 from app.runtime.errors import ImageFailure
+from app.runtime.url_fetch import ImageUrl
 from app.settings import Settings
 
 M = TypeVar("M", bound=BaseModel)
@@ -111,23 +112,37 @@ def text_field(form: Any, name: str) -> str | None:
     return v
 
 
-async def uploaded_images(items: list[Any], s: Settings) -> list[bytes]:
-    """The files of the multipart field 'image', checked for count and size."""
-    _present(items, "send at least one image (multipart field 'image')", s)
-    return [await _uploaded(i, f, s) for i, f in enumerate(items)]
+async def uploaded_images(
+    items: list[Any], s: Settings, urls: list[Any] | None = None
+) -> list[bytes | ImageUrl]:
+    """The files of the multipart field 'image', checked for count and size, then the URLs of the
+    fields 'image_url' (the engine fetches them)."""
+    refs = _form_urls(urls or [])
+    _present([*items, *refs], "send at least one image (multipart field 'image' or 'image_url')", s)
+    files: list[bytes | ImageUrl] = [await _uploaded(i, f, s) for i, f in enumerate(items)]
+    return files + refs
 
 
-async def uploaded_images_or_failures(items: list[Any], s: Settings) -> list[bytes | ImageFailure]:
+async def uploaded_images_or_failures(
+    items: list[Any], s: Settings, urls: list[Any] | None = None
+) -> list[bytes | ImageFailure | ImageUrl]:
     """on_error="skip": as uploaded_images, but a file that fails its own checks becomes an
     ImageFailure in its place and the request goes on."""
-    _present(items, "send at least one image (multipart field 'image')", s)
-    out: list[bytes | ImageFailure] = []
+    refs = _form_urls(urls or [])
+    _present([*items, *refs], "send at least one image (multipart field 'image' or 'image_url')", s)
+    out: list[bytes | ImageFailure | ImageUrl] = []
     for i, f in enumerate(items):
         try:
             out.append(await _uploaded(i, f, s))
         except ApiError as e:
             out.append(ImageFailure(e.code, e.message))
-    return out
+    return out + refs
+
+
+def _form_urls(values: list[Any]) -> list[ImageUrl]:
+    if any(not isinstance(v, str) for v in values):
+        raise ApiError("invalid_request", "image_url must be a text field holding a URL, not a file")
+    return [ImageUrl(v) for v in values]
 
 
 async def _uploaded(i: int, f: Any, s: Settings) -> bytes:
@@ -141,22 +156,30 @@ async def _uploaded(i: int, f: Any, s: Settings) -> bytes:
     return data
 
 
-def base64_images(items: list[str], s: Settings) -> list[bytes]:
-    """base64 strings (a data: URL prefix is accepted) -> the files, checked for count and size."""
-    _present(items, "images: send at least one base64-encoded image", s)
-    return [_base64(i, text, s) for i, text in enumerate(items)]
+def base64_images(items: list[Any], s: Settings) -> list[bytes | ImageUrl]:
+    """JSON images: base64 strings (a data: URL prefix is accepted) -> the files, checked for count
+    and size; {"url": ...} -> an ImageUrl (a data: URL in it is decoded here)."""
+    _present(items, 'images: send at least one image (base64, or {"url": ...})', s)
+    return [_json_image(i, item, s) for i, item in enumerate(items)]
 
 
-def base64_images_or_failures(items: list[str], s: Settings) -> list[bytes | ImageFailure]:
+def base64_images_or_failures(items: list[Any], s: Settings) -> list[bytes | ImageFailure | ImageUrl]:
     """on_error="skip": as base64_images, but one that fails becomes an ImageFailure in its place."""
-    _present(items, "images: send at least one base64-encoded image", s)
-    out: list[bytes | ImageFailure] = []
-    for i, text in enumerate(items):
+    _present(items, 'images: send at least one image (base64, or {"url": ...})', s)
+    out: list[bytes | ImageFailure | ImageUrl] = []
+    for i, item in enumerate(items):
         try:
-            out.append(_base64(i, text, s))
+            out.append(_json_image(i, item, s))
         except ApiError as e:
             out.append(ImageFailure(e.code, e.message))
     return out
+
+
+def _json_image(i: int, item: Any, s: Settings) -> bytes | ImageUrl:
+    if isinstance(item, str):
+        return _base64(i, item, s)
+    url = item.url  # an ImageRef of app/api/schemas.py
+    return _base64(i, url, s) if url.startswith("data:") else ImageUrl(url)
 
 
 def base64_image(i: int, text: str, s: Settings) -> bytes:

@@ -31,6 +31,7 @@ from app.api.fields import check_labels, parse_answer, parse_labels, parse_on_er
 from app.api.schemas import (
     ERRORS,
     IMAGE_ENCODING,
+    IMAGE_URL_DOC,
     LABEL_SET_NAME,
     LABELS_SCHEMA,
     MIN_COSINE_DOC,
@@ -43,7 +44,7 @@ from app.api.schemas import (
     ClassifyJson,
     ClassifyResponse,
 )
-from app.runtime.engine import ClassifyRequest, ClassifyResult, ImageFailure, LabelQuery
+from app.runtime.engine import ClassifyRequest, ClassifyResult, ImageFailure, ImageUrl, LabelQuery
 from app.settings import Settings
 from model.bundle.answers import Answer
 
@@ -51,14 +52,14 @@ router = APIRouter(dependencies=[ApiKey])
 
 MULTIPART_SCHEMA = {
     "type": "object",
-    "required": ["image"],
     "oneOf": ONE_OF_LABELS,
     "properties": {
         "image": {
             "type": "array",
             "items": {"type": "string", "format": "binary"},
-            "description": "image files",
+            "description": "image files (or image_url, or both)",
         },
+        "image_url": {"type": "array", "items": {"type": "string"}, "description": IMAGE_URL_DOC},
         "labels": {
             "type": "array",
             **LABELS_SCHEMA,
@@ -118,12 +119,12 @@ async def parse(request: Request, s: Settings) -> ClassifyRequest:
             templates=text_field(form, "templates"),
         )
         on_error = parse_on_error(text_field(form, "on_error"))
-        items = form.getlist("image")
-        images: Sequence[bytes | ImageFailure]
+        items, urls = form.getlist("image"), form.getlist("image_url")
+        images: Sequence[bytes | ImageFailure | ImageUrl]
         if on_error == "skip":
-            images = await uploaded_images_or_failures(items, s)
+            images = await uploaded_images_or_failures(items, s, urls)
         else:
-            images = await uploaded_images(items, s)
+            images = await uploaded_images(items, s, urls)
         options = parse_answer(lambda name: text_field(form, name))
         top_k = parse_top_k(form.get("top_k"))
         return ClassifyRequest(images, query, top_k, on_error, client_id(request), options)

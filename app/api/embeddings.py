@@ -11,15 +11,17 @@ from app.api.body import JSON, MULTIPART, base64_images, body_kind, read_form, r
 from app.api.deps import EngineDep, SettingsDep
 from app.api.disconnect import unless_disconnected
 from app.api.fields import check_labels
-from app.api.schemas import ERRORS, IMAGE_ENCODING, EmbeddingsResponse, ImagesJson, TextsJson
+from app.api.schemas import ERRORS, IMAGE_ENCODING, IMAGE_URL_DOC, EmbeddingsResponse, ImagesJson, TextsJson
 from app.runtime.engine import Embeddings
 
 router = APIRouter(dependencies=[ApiKey])
 
 IMAGES_MULTIPART = {
     "type": "object",
-    "required": ["image"],
-    "properties": {"image": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+    "properties": {
+        "image": {"type": "array", "items": {"type": "string", "format": "binary"}},
+        "image_url": {"type": "array", "items": {"type": "string"}, "description": IMAGE_URL_DOC},
+    },
 }
 
 
@@ -41,7 +43,8 @@ IMAGES_MULTIPART = {
 async def image_embeddings(request: Request, engine: EngineDep, s: SettingsDep) -> dict[str, Any]:
     with engine.admit() as ticket:  # 503 at once when the queue is full, before the body is read
         if body_kind(request, MULTIPART, JSON) == MULTIPART:
-            files = await uploaded_images((await read_form(request, s)).getlist("image"), s)
+            form = await read_form(request, s)
+            files = await uploaded_images(form.getlist("image"), s, form.getlist("image_url"))
         else:
             files = base64_images((await read_json(request, ImagesJson)).images, s)
         return to_json(await unless_disconnected(request, engine.embed_images(files, ticket)))

@@ -31,6 +31,8 @@ STATUS: dict[str, int] = {
     # who is asking
     "unauthorized": 401,
     "admin_disabled": 403,
+    "url_fetch_disabled": 403,
+    "url_refused": 403,  # an address the server does not fetch from (private, loopback, metadata...)
     # what is asked for
     "not_found": 404,
     "label_set_not_found": 404,
@@ -43,6 +45,7 @@ STATUS: dict[str, int] = {
     "too_many_fields": 413,
     "field_too_large": 413,
     "image_too_large": 413,
+    "url_too_large": 413,
     "too_many_templates": 413,
     "too_many_prompts": 413,
     # the wrong kind
@@ -68,6 +71,9 @@ STATUS: dict[str, int] = {
     "invalid_threshold": 422,
     "invalid_calibration": 422,
     "invalid_label_set_name": 422,
+    "invalid_url": 422,
+    "url_unreachable": 422,  # the URL's server: no answer, an error status, a broken response
+    "url_timeout": 422,  # 4xx: the URL's server was slow, not this one (a 504 would blame us)
     # the client went away before its answer (nginx's code; nobody reads the body)
     "client_closed_request": 499,
     # the server's side

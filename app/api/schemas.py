@@ -10,7 +10,27 @@ EXAMPLE_PNG = (
     "iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR4"
     "nGM8ISfHwMDAxMDAwMDAAAANBAEIfXHKZgAAAABJRU5ErkJggg=="
 )
-IMAGES_DOC = "base64-encoded image files (a data: URL prefix is accepted)"
+IMAGES_DOC = (
+    'base64-encoded image files (a data: URL prefix is accepted), or {"url": "https://..."} for an image '
+    "the server fetches (only where ZEROSHOT_URL_FETCH is on; private and loopback addresses are refused)"
+)
+IMAGE_URL_DOC = (
+    "http(s) URLs of images the server fetches: only where ZEROSHOT_URL_FETCH is on, never from loopback, "
+    "private, link-local or metadata addresses unless ZEROSHOT_URL_ALLOW names them"
+)
+IMAGE_ITEM: JsonDict = {
+    "items": {
+        "anyOf": [
+            {"type": "string", "format": "byte"},
+            {
+                "type": "object",
+                "required": ["url"],
+                "additionalProperties": False,
+                "properties": {"url": {"type": "string", "description": "http(s) or data: URL"}},
+            },
+        ]
+    }
+}
 IMAGE_ENCODING = {
     "image": {"contentType": "image/png, image/jpeg, image/webp, image/gif, image/bmp, image/tiff"}
 }
@@ -50,6 +70,13 @@ MIN_NEGLABEL_DOC = (
 )
 
 
+class ImageRef(BaseModel):
+    """An image given by URL: http(s), fetched by the server when allowed, or a data: URL."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: str
+
+
 class ClassifyJson(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -58,9 +85,7 @@ class ClassifyJson(BaseModel):
             "oneOf": ONE_OF_LABELS,
         },
     )
-    images: list[str] = Field(
-        description=IMAGES_DOC, json_schema_extra={"items": {"type": "string", "format": "byte"}}
-    )
+    images: list[str | ImageRef] = Field(description=IMAGES_DOC, json_schema_extra=IMAGE_ITEM)
     labels: list[str] | None = Field(
         default=None, description="candidate labels (or give label_set)", json_schema_extra=LABELS_SCHEMA
     )
@@ -97,9 +122,7 @@ class ClassifyJson(BaseModel):
 
 class ImagesJson(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    images: list[str] = Field(
-        description=IMAGES_DOC, json_schema_extra={"items": {"type": "string", "format": "byte"}}
-    )
+    images: list[str | ImageRef] = Field(description=IMAGES_DOC, json_schema_extra=IMAGE_ITEM)
 
 
 class TextsJson(BaseModel):

@@ -39,6 +39,7 @@ from app.runtime.model import ModelRuntime, RuntimeFactory, load_runtime
 from app.runtime.quotas import ANONYMOUS, Quotas
 from app.runtime.reload import ModelHolder, ReloadResult, watch
 from app.runtime.text_lane import TextLane
+from app.runtime.url_fetch import ImageUrl, UrlFetcher, policy_from
 from app.settings import Settings
 from model.bundle.answers import Answer, AnswerOptions, answer, needs_lexicon
 from model.bundle.calibration_fit import CalibrationInputError, Target, fit_set
@@ -63,9 +64,9 @@ ON_ERROR: tuple[OnError, ...] = ("fail", "skip")
 
 @dataclass(frozen=True)
 class ClassifyRequest:
-    # encoded image files, as uploaded; with on_error="skip", a failure in place of one that could
-    # not be read from the body
-    images: Sequence[bytes | ImageFailure]
+    # encoded image files, as uploaded, or URLs the engine fetches; with on_error="skip", a failure
+    # in place of one that could not be read from the body
+    images: Sequence[bytes | ImageFailure | ImageUrl]
     labels: LabelQuery
     top_k: int | None = None  # >= 1; None: the default; more than there are labels: all of them
     on_error: OnError = "fail"  # fail: one bad image fails the request; skip: it gets a failure
@@ -114,6 +115,7 @@ class Engine:
         self.lexicon = Lexicon(settings.label_sets_dir, self.text_lane)  # negative labels, per bundle
         self.calibrations = CalibrationStore(settings.label_sets_dir)
         self.quotas = Quotas(settings)
+        self.urls = UrlFetcher(policy_from(settings))  # images given by URL (off unless turned on)
         self.draining = False  # set on SIGTERM and at shutdown: readiness fails from then on
         self.ruled = self.abstained = 0  # answers an abstain rule judged, and those it refused (/metrics)
         self._watcher: asyncio.Task[None] | None = None
@@ -219,7 +221,8 @@ class Engine:
         charge = functools.partial(q.spend_prompts, req.client) if q.counts_prompts else None
         plan = self.matrices.plan(rt, req.labels, ls, charge)
         k = min(req.top_k or s.default_top_k, len(plan.labels))
-        pixels, failed = await run_in_threadpool(self._decode, req, rt)
+        images = await self.urls.fetch_all(req.images, req.on_error == "skip")  # after the cheap checks
+        pixels, failed = await run_in_threadpool(self._decode, images, req.on_error, rt)
         t1 = time.perf_counter()
         answers: list[Answer] = []
         if len(pixels):  # with on_error="skip" every image may have failed: nothing to encode
@@ -270,16 +273,19 @@ class Engine:
         neg = self.lexicon.negatives(rt, plan.labels, plan.templates, matrix) if need_negatives else None
         return lex, neg
 
-    def _decode(self, req: ClassifyRequest, rt: ModelRuntime) -> tuple[np.ndarray, dict[int, ImageFailure]]:
+    def _decode(
+        self, images: Sequence[bytes | ImageFailure], on_error: OnError, rt: ModelRuntime
+    ) -> tuple[np.ndarray, dict[int, ImageFailure]]:
         """The pixels of the images to encode, and a failure per image that is skipped. Blocking."""
         pre, s = rt.encoders.preprocess, self.settings
-        if req.on_error == "skip":
-            return decode_some(req.images, pre, s)
-        files = [f for f in req.images if isinstance(f, bytes)]  # "fail": the API put no failure in
+        if on_error == "skip":
+            return decode_some(images, pre, s)
+        files = [f for f in images if isinstance(f, bytes)]  # "fail": the API put no failure in
         return decode_images(files, pre, s), {}
 
-    async def embed_images(self, files: list[bytes], ticket: Ticket) -> Embeddings:
+    async def embed_images(self, items: Sequence[bytes | ImageUrl], ticket: Ticket) -> Embeddings:
         rt = ticket.runtime
+        files = [f for f in await self.urls.fetch_all(items, skip=False) if isinstance(f, bytes)]
         pixels = await run_in_threadpool(decode_images, files, rt.encoders.preprocess, self.settings)
         return Embeddings(rt.ref, await self._encode(rt, pixels, ticket))
 

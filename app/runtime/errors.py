@@ -70,6 +70,13 @@ class ReloadFailed(EngineError):
     code = "reload_failed"
 
 
+class UrlError(EngineError):
+    """An image URL that is not fetched (off, refused, unreachable, too slow, too large); `code` says
+    which (app/runtime/url_fetch.py)."""
+
+    code = "url_unreachable"
+
+
 class LabelSetError(EngineError):
     """A label set that is unknown, misnamed, unreadable or cannot be stored; `code` says which."""
 
