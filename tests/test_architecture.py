@@ -5,6 +5,7 @@ The fresh-interpreter check that the service loads no torch is tests/model/test_
 from __future__ import annotations
 
 import ast
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -79,6 +80,30 @@ def test_model_imports_the_app_only_where_the_cli_serves_it() -> None:
     assert not bad, bad
 
 
+def test_the_client_is_standalone_on_httpx_and_the_standard_library() -> None:
+    """zeroshot_client is installed where the service is not: nothing of app or model, and no
+    third-party package but httpx (Pillow only for annotations: a PIL image is recognised without it)."""
+    bad = []
+    for mod, path in modules("zeroshot_client"):
+        annotations_only = type_checking_lines(path)
+        for name, node, _ in imports(path):
+            top = name.split(".")[0]
+            typing_pil = top == "PIL" and getattr(node, "lineno", 0) in annotations_only
+            if top not in sys.stdlib_module_names | {"httpx", "zeroshot_client"} and not typing_pil:
+                bad.append(f"{mod} imports {name}")
+    assert not bad, bad
+
+
+def type_checking_lines(path: Path) -> set[int]:
+    """The lines inside `if TYPE_CHECKING:` blocks, whose imports never run."""
+    return {
+        line
+        for n in ast.walk(ast.parse(path.read_text()))
+        if isinstance(n, ast.If) and isinstance(n.test, ast.Name) and n.test.id == "TYPE_CHECKING"
+        for line in range(n.lineno, (n.end_lineno or n.lineno) + 1)
+    }
+
+
 def routers() -> set[str]:
     return {
         mod
@@ -106,8 +131,8 @@ def test_routers_call_the_engine_and_import_no_other_router() -> None:
 
 
 def sizes() -> Iterator[tuple[str, str, int, int]]:
-    """(file, what, lines, limit) for every file and function in app/ and model/."""
-    for package in ("app", "model"):
+    """(file, what, lines, limit) for every file and function in app/, model/ and zeroshot_client/."""
+    for package in ("app", "model", "zeroshot_client"):
         for path in sorted((ROOT / package).rglob("*.py")):
             rel, text = str(path.relative_to(ROOT)), path.read_text()
             yield rel, "file", len(text.splitlines()), MAX_FILE_LINES

@@ -1,0 +1,187 @@
+"""Client: the blocking client, on httpx.Client. AsyncClient (aio.py) has the same methods."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from zeroshot_client import _core
+from zeroshot_client._core import Call, ImageInput, RetryPolicy, Templates
+from zeroshot_client.errors import UnavailableError, ZeroshotError
+from zeroshot_client.types import (
+    CalibrationState,
+    Classification,
+    Embeddings,
+    LabelSet,
+    LabelSetSummary,
+    ModelInfo,
+    classifications,
+)
+
+
+class Client:
+    """The zero-shot classification service at `base_url`.
+
+    api_key goes with every /v1 request and admin_token with label-set changes (either is sent where
+    the other is missing: the server accepts the admin token as an API key). retries: a RetryPolicy,
+    a number of retries, or None for none; `sleep` is how the client waits between tries (tests pass
+    one that records). transport: an httpx transport, e.g. httpx.MockTransport in tests.
+    """
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        *,
+        api_key: str | None = None,
+        admin_token: str | None = None,
+        timeout: float | httpx.Timeout | None = None,
+        retries: RetryPolicy | int | None = RetryPolicy(),  # noqa: B008 (frozen: one shared is fine)
+        sleep: Callable[[float], None] = time.sleep,
+        transport: httpx.BaseTransport | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self._http = httpx.Client(transport=transport, **_core.client_options(base_url, timeout))
+        self._credentials = _core.Credentials(api_key, admin_token, dict(headers or {}))
+        self._retries = _core.retry_policy(retries)
+        self._sleep = sleep
+
+    # --- classification ---
+
+    def classify(
+        self,
+        image: ImageInput,
+        labels: Sequence[str] | None = None,
+        *,
+        label_set: str | None = None,
+        templates: Templates | None = None,
+        top_k: int | None = None,
+        mode: str | None = None,
+        min_probability: float | None = None,
+        min_cosine: float | None = None,
+        min_neglabel: float | None = None,
+    ) -> Classification:
+        """Rank `labels` (or the registered `label_set`'s) for one image."""
+        options = dict(label_set=label_set, templates=templates, top_k=top_k, mode=mode)
+        thresholds = dict(min_probability=min_probability, min_cosine=min_cosine, min_neglabel=min_neglabel)
+        call = _core.classify_call([image], labels, **options, **thresholds)
+        return classifications(self._send(call))[0]
+
+    def classify_many(
+        self,
+        images: Iterable[ImageInput],
+        labels: Sequence[str] | None = None,
+        *,
+        label_set: str | None = None,
+        templates: Templates | None = None,
+        top_k: int | None = None,
+        mode: str | None = None,
+        min_probability: float | None = None,
+        min_cosine: float | None = None,
+        min_neglabel: float | None = None,
+        on_error: str | None = None,
+    ) -> list[Classification]:
+        """Several images in one request (the server's max_images_per_request at most): one
+        Classification each, in order. on_error="skip": an image that cannot be used gets an
+        `error` in place of labels instead of failing the request."""
+        options = dict(label_set=label_set, templates=templates, top_k=top_k, mode=mode, on_error=on_error)
+        thresholds = dict(min_probability=min_probability, min_cosine=min_cosine, min_neglabel=min_neglabel)
+        return classifications(self._send(_core.classify_call(images, labels, **options, **thresholds)))
+
+    # --- embeddings ---
+
+    def embed_images(self, images: Iterable[ImageInput]) -> Embeddings:
+        """L2-normalized image features, one row per image."""
+        return Embeddings.from_json(self._send(_core.embed_images_call(images)))
+
+    def embed_texts(self, texts: Sequence[str], templates: Templates | None = None) -> Embeddings:
+        """L2-normalized text features; with templates, each text is a label put into every template
+        and the features averaged (prompt ensembling)."""
+        return Embeddings.from_json(self._send(_core.embed_texts_call(texts, templates)))
+
+    # --- label sets ---
+
+    def label_sets(self) -> list[LabelSetSummary]:
+        body = self._send(Call("GET", "/v1/label-sets"))
+        return [LabelSetSummary.from_json(d) for d in body["label_sets"]]
+
+    def get_label_set(self, name: str) -> LabelSet:
+        return LabelSet.from_json(self._send(Call("GET", _core.label_set_path(name))))
+
+    def put_label_set(
+        self, name: str, labels: Sequence[str], templates: Templates | None = None
+    ) -> LabelSetSummary:
+        """Register or replace a label set (needs the admin token); returns when its embeddings are
+        computed and stored."""
+        return LabelSetSummary.from_json(self._send(_core.put_label_set_call(name, labels, templates)))
+
+    def delete_label_set(self, name: str) -> None:
+        self._send(Call("DELETE", _core.label_set_path(name), admin=True))
+
+    def calibrate(
+        self,
+        name: str,
+        images: Iterable[tuple[ImageInput, str | None]],
+        *,
+        target_precision: float | None = None,
+        target_fpr: float | None = None,
+    ) -> CalibrationState:
+        """Calibrate a label set from (image, label) pairs, label None for an image that is none of
+        them (needs the admin token)."""
+        call = _core.calibrate_call(name, images, target_precision, target_fpr)
+        return CalibrationState.from_json(self._send(call)["calibration"])
+
+    # --- the service ---
+
+    def models(self) -> ModelInfo:
+        return ModelInfo.from_json(self._send(Call("GET", "/v1/models")))
+
+    def health(self) -> bool:
+        """GET /healthz: True when alive, False on 503 (its image encoder is stuck); not retried."""
+        return self._probe("/healthz")
+
+    def ready(self) -> bool:
+        """GET /readyz: True when a model is loaded and warm, False on 503; not retried."""
+        return self._probe("/readyz")
+
+    def _probe(self, path: str) -> bool:
+        try:
+            self._send(Call("GET", path, retry=False))
+        except UnavailableError:
+            return False
+        return True
+
+    # --- sending ---
+
+    def _send(self, call: Call) -> Any:
+        waited, attempt = 0.0, 0
+        while True:
+            try:
+                return _core.result(self._request(call))
+            except ZeroshotError as e:
+                wait = self._retries.wait(attempt, waited, e) if call.retry else None
+                if wait is None:
+                    raise
+            self._sleep(wait)
+            waited, attempt = waited + wait, attempt + 1
+
+    def _request(self, call: Call) -> httpx.Response:
+        headers = self._credentials.headers(call.admin)
+        try:
+            return self._http.request(call.method, call.path, json=call.json, headers=headers)
+        except httpx.TransportError as e:
+            raise _core.transport_error(e) from e
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
