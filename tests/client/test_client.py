@@ -126,6 +126,22 @@ def test_a_label_set_is_put_listed_read_used_and_deleted(client: Client) -> None
     assert "client-pets" not in [s.name for s in client.label_sets()]
 
 
+def test_a_calibrated_label_set_abstains_by_its_fitted_rule(client: Client) -> None:
+    client.put_label_set("client-cal", ["cat", "dog"])
+    shades = [(png((20 * i, 0, 0)), "cat") for i in range(1, 6)] + [
+        (png((0, 20 * i, 0)), "dog") for i in range(1, 6)
+    ]
+    unknown = [(png((0, 0, 20 * i)), None) for i in range(1, 6)]
+    fit = client.calibrate("client-cal", shades + unknown, target_precision=0.9)
+    assert fit.status == "fitted" and fit.fitted_at and fit.raw["figures"]["images"] == 15
+    stored = client.get_label_set("client-cal").calibration
+    assert stored is not None and (stored.status, stored.fitted_at) == ("fitted", fit.fitted_at)
+    got = client.classify(RED, label_set="client-cal")
+    assert got.calibration is not None and got.calibration.status == "fitted"
+    assert got.abstain is not None and got.abstain.source == "calibration"
+    client.delete_label_set("client-cal")
+
+
 def test_an_unknown_label_set_is_the_servers_404_and_its_code(client: Client) -> None:
     with pytest.raises(ZeroshotError) as e:
         client.classify(RED, label_set="no-such-set")
@@ -240,7 +256,8 @@ class Recorder:
     each request; an exception in the list is raised instead, as a transport failure would be."""
 
     def __init__(self, *answers: tuple[int, dict[str, str], Any] | Exception) -> None:
-        self.answers, self.requests = list(answers), []  # type: list[Any], list[httpx.Request]
+        self.answers: list[Any] = list(answers)
+        self.requests: list[httpx.Request] = []
         self.sleeps: list[float] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
