@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api import admin, classify, embeddings, errors, health, label_sets, metrics, page
+from app.api import admin, classify, embeddings, errors, health, label_sets, metrics, openai_compat, page
 from app.api.body_limit import BodyLimitMiddleware, body_limit
 from app.metrics import Metrics, MetricsMiddleware
 from app.runtime.engine import Engine
@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None, runtime_factory: RuntimeFactory
     app.state.engine = engine
     app.state.metrics = telemetry
     errors.install(app)
-    for module in (health, classify, embeddings, label_sets, admin, metrics, page):
+    for module in (health, classify, embeddings, openai_compat, label_sets, admin, metrics, page):
         app.include_router(module.router)
     app.add_middleware(BodyLimitMiddleware, limit=body_limit(settings))
     app.add_middleware(MetricsMiddleware, metrics=lambda: telemetry)

@@ -36,6 +36,7 @@ STATUS: dict[str, int] = {
     # what is asked for
     "not_found": 404,
     "label_set_not_found": 404,
+    "model_not_found": 404,
     "method_not_allowed": 405,
     "reload_failed": 409,
     # too much
@@ -72,6 +73,9 @@ STATUS: dict[str, int] = {
     "invalid_calibration": 422,
     "invalid_label_set_name": 422,
     "invalid_url": 422,
+    "invalid_input": 422,
+    "unsupported_dimensions": 422,
+    "unsupported_encoding_format": 422,
     "url_unreachable": 422,  # the URL's server: no answer, an error status, a broken response
     "url_timeout": 422,  # 4xx: the URL's server was slow, not this one (a 504 would blame us)
     # the client went away before its answer (nginx's code; nobody reads the body)

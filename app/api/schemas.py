@@ -271,11 +271,12 @@ ERRORS: dict[int | str, dict[str, object]] = {
     for s, d in {
         400: "malformed body",
         401: "missing or wrong API key or admin token",
-        403: "an admin route while no admin token is configured",
-        404: "no such label set",
-        413: "too large: body, image file, pixels or image count",
+        403: "an admin route while no admin token is configured; an image URL while fetching is off, or "
+        "one refused (a loopback, private, link-local or metadata address)",
+        404: "no such label set or model",
+        413: "too large: body, image file (uploaded or fetched), pixels or image count",
         415: "unsupported content type or image format",
-        422: "invalid input: labels, templates, top_k, image bytes",
+        422: "invalid input: labels, templates, top_k, image bytes, an image URL that cannot be fetched",
         503: "no model loaded, or overloaded (with Retry-After)",
     }.items()
 }

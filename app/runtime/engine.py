@@ -22,7 +22,15 @@ from starlette.concurrency import run_in_threadpool
 
 from app.runtime.batcher import Announcement, ImageBatcher
 from app.runtime.calibrations import CalibrationStore
-from app.runtime.errors import Draining, ImageFailure, InvalidRequest, ModelUnavailable, ReloadFailed, Stalled
+from app.runtime.errors import (
+    Draining,
+    ImageFailure,
+    InvalidRequest,
+    ModelNotFound,
+    ModelUnavailable,
+    ReloadFailed,
+    Stalled,
+)
 from app.runtime.images import decode_images, decode_some
 from app.runtime.label_cache import LabelCache
 from app.runtime.label_sets import LabelSet, LabelSetStore, check_name
@@ -89,6 +97,7 @@ class ClassifyResult:
 class Embeddings:
     model: dict[str, str]
     features: np.ndarray  # [N, E], L2-normalized
+    tokens: int = 0  # of the texts as encoded, start and end tokens included (OpenAI's usage)
 
 
 @dataclass(frozen=True)
@@ -145,6 +154,15 @@ class Engine:
         rt = self.holder.runtime
         if rt is None:
             raise ModelUnavailable("no model is loaded", self.holder.error)
+        return rt
+
+    def model_named(self, name: str) -> ModelRuntime:
+        """The runtime of the model a request names; ModelNotFound (listing those served) otherwise."""
+        rt = self.runtime()
+        if name != rt.name:
+            raise ModelNotFound(
+                f"model {name[:100]!r} is not served here; served: {rt.name}", {"models": [rt.name]}
+            )
         return rt
 
     def ready(self) -> None:
@@ -302,16 +320,16 @@ class Engine:
         rt = self.runtime()
         if templates is None:
             self.quotas.spend_prompts(client, len(texts))  # before any tokenizing
-            check_token_lengths(rt, texts, ("{}",))
+            tokens = sum(check_token_lengths(rt, texts, ("{}",)))
             feats = await run_in_threadpool(self.text_lane.job(rt.encoders).encode_texts, texts)
-        else:
-            tmpl = resolve_templates(templates)
-            self.budget.check(len(texts), len(tmpl))
-            if self.quotas.counts_prompts:
-                self.quotas.spend_prompts(client, self.cache.missing(rt.sha, texts, tmpl) * len(tmpl))
-            check_token_lengths(rt, texts, tmpl)
-            job = self.text_lane.job(rt.encoders)
-            feats = await run_in_threadpool(self.cache.get_or_build, job, rt.sha, texts, tmpl)
+            return Embeddings(rt.ref, feats, tokens)
+        tmpl = resolve_templates(templates)
+        self.budget.check(len(texts), len(tmpl))
+        if self.quotas.counts_prompts:
+            self.quotas.spend_prompts(client, self.cache.missing(rt.sha, texts, tmpl) * len(tmpl))
+        check_token_lengths(rt, texts, tmpl)
+        job = self.text_lane.job(rt.encoders)
+        feats = await run_in_threadpool(self.cache.get_or_build, job, rt.sha, texts, tmpl)
         return Embeddings(rt.ref, feats)
 
     async def put_label_set(

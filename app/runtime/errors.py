@@ -29,6 +29,12 @@ class ModelUnavailable(EngineError):
     code = "model_unavailable"
 
 
+class ModelNotFound(EngineError):
+    """A request names a model this server does not serve; `detail` lists those it does."""
+
+    code = "model_not_found"
+
+
 class Draining(EngineError):
     """The server is shutting down: readiness fails so that the balancer sends no more work."""
 

@@ -80,16 +80,18 @@ class PromptBudget:
             )
 
 
-def check_token_lengths(rt: ModelRuntime, labels: Sequence[str], templates: Sequence[str]) -> None:
-    """Refuse a label that, with its longest template, is longer than the model reads."""
+def check_token_lengths(rt: ModelRuntime, labels: Sequence[str], templates: Sequence[str]) -> list[int]:
+    """Refuse a label that, with its longest template, is longer than the model reads; the lengths."""
     context = rt.encoders.tokenizer.context_length
-    for lb, n in zip(labels, rt.token_lengths(labels, templates), strict=True):
+    lengths = rt.token_lengths(labels, templates)
+    for lb, n in zip(labels, lengths, strict=True):
         if n > context:
             raise InvalidRequest(
                 f"label {lb[:60]!r} is {n} tokens with its template; the model reads at most {context}",
                 {"label": lb[:200], "tokens": n, "context_length": context},
                 code="label_too_long",
             )
+    return lengths
 
 
 def check_distinct(rt: ModelRuntime, labels: Sequence[str]) -> None:
