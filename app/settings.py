@@ -69,6 +69,13 @@ class Settings(BaseSettings):
         "request waits at most one slice of a large label-set build",
     )
     retry_after_s: int = Field(default=1, ge=0, description="the Retry-After sent with 503 overloaded")
+    label_set_wait_s: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="PUT of a label set answers 200 when its build ends within this, else 202 and builds "
+        "on in the background (GET shows its progress)",
+    )
     # request limits
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024, description="per image file")
     max_image_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1, description="checked before decoding")

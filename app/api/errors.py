@@ -39,6 +39,7 @@ STATUS: dict[str, int] = {
     "model_not_found": 404,
     "method_not_allowed": 405,
     "reload_failed": 409,
+    "label_set_build_failed": 409,  # the set's build failed (the reason is said); register it again
     # too much
     "body_too_large": 413,
     "upload_too_large": 413,
@@ -88,6 +89,7 @@ STATUS: dict[str, int] = {
     "draining": 503,
     "encoder_stalled": 503,
     "label_set_unreadable": 503,
+    "label_set_building": 503,  # with Retry-After: about the build's ETA
     "label_sets_unwritable": 503,
     "insufficient_storage": 507,
 }

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 
 from app.api.auth import Admin, ApiKey
 from app.api.body import JSON, base64_image, body_kind, read_json
@@ -24,40 +24,65 @@ router = APIRouter()
     "/v1/label-sets", summary="List the registered label sets", dependencies=[ApiKey], responses=ERRORS
 )
 async def list_sets(engine: EngineDep) -> dict[str, Any]:
-    return {"label_sets": [ls.summary() for ls in await engine.list_label_sets()]}
+    views = await engine.list_label_sets()
+    return {"label_sets": [{**v.label_set.summary(), "status": v.status} for v in views]}
 
 
 @router.get(
     "/v1/label-sets/{name}", summary="One label set, with its labels", dependencies=[ApiKey], responses=ERRORS
 )
 async def get_set(name: str, engine: EngineDep) -> dict[str, Any]:
-    ls, calibration = await engine.get_label_set(name)
-    return {**ls.to_json(), "calibration": calibration.describe()}
+    view, calibration = await engine.get_label_set(name)
+    staged = None if view.staged is None else view.staged.summary()
+    return {
+        **view.label_set.to_json(),
+        "status": view.status,  # ready: served; building: not yet (or a previous version serves); failed
+        "build": None if view.build is None else view.build.describe(),
+        "staged": staged,  # a newer definition being built while this one serves
+        "calibration": calibration.describe(),
+    }
 
 
 @router.put(
     "/v1/label-sets/{name}",
-    summary="Register or replace a label set; its embeddings are computed now and kept on disk",
-    description="Needs the admin token. Encoding 1,000 labels x 80 templates takes a while on a large "
-    "model on CPU: the call returns when the embeddings are ready; other requests are served meanwhile.",
+    summary="Register or replace a label set; its embeddings are built in the background and kept on disk",
+    description="Needs the admin token. Answers 200 when the set's embeddings are built within "
+    "ZEROSHOT_LABEL_SET_WAIT_S (a second by default), else 202 with a Location to poll: GET shows the "
+    "build's progress and status (building, ready, failed). Until it is ready, requests naming the set "
+    "are scored with its previous version, or get 503 label_set_building with a Retry-After when there "
+    "is none. `?wait=true` holds the call until the build ends instead.",
     dependencies=[Admin],
+    status_code=200,
     responses={
         **ERRORS,
+        202: {"description": "accepted: the set is building in the background (GET its Location)"},
         507: {"model": ErrorResponse, "description": "no disk space left to store the set; nothing changed"},
     },
     openapi_extra={
         "requestBody": {"required": True, "content": {JSON: {"schema": LabelSetPut.model_json_schema()}}}
     },
 )
-async def put_set(request: Request, name: str, engine: EngineDep, s: SettingsDep) -> dict[str, Any]:
+async def put_set(
+    request: Request, response: Response, name: str, engine: EngineDep, s: SettingsDep, wait: bool = False
+) -> dict[str, Any]:
     body_kind(request, JSON)
     body = await read_json(request, LabelSetPut)
     labels = check_labels(body.labels, s.max_labels_per_request)
-    stored = await engine.put_label_set(name, labels, body.templates)
-    return {
-        **stored.label_set.summary(),
-        "embeddings": {"model": stored.model, "source": stored.source, "build_ms": stored.build_ms},
-    }
+    stored = await engine.put_label_set(name, labels, body.templates, wait)
+    build = stored.build.describe()
+    out = {**stored.label_set.summary(), "status": build["status"], "build": build}
+    if build["status"] == "superseded":  # a newer PUT (or a DELETE) took the name's place since
+        pass
+    elif build["status"] == "ready":
+        out["embeddings"] = {
+            "model": build["model"],
+            "source": build["source"],
+            "build_ms": 1000 * build["elapsed_s"],
+        }
+    else:  # still building: where to follow it
+        response.status_code = 202
+        response.headers["Location"] = out["status_url"] = f"/v1/label-sets/{stored.label_set.name}"
+    return out
 
 
 @router.delete("/v1/label-sets/{name}", summary="Delete a label set", dependencies=[Admin], responses=ERRORS)

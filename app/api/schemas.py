@@ -277,6 +277,7 @@ ERRORS: dict[int | str, dict[str, object]] = {
         413: "too large: body, image file (uploaded or fetched), pixels or image count",
         415: "unsupported content type or image format",
         422: "invalid input: labels, templates, top_k, image bytes, an image URL that cannot be fetched",
-        503: "no model loaded, or overloaded (with Retry-After)",
+        409: "a reload refused; a label set whose only build failed",
+        503: "no model loaded, overloaded, or a label set still building (with Retry-After)",
     }.items()
 }

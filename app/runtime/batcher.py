@@ -95,6 +95,21 @@ class ImageBatcher:
     def pending(self) -> int:
         return self._pending
 
+    def stats(self) -> dict[str, float]:
+        """Its settings and counters, for GET /v1/models."""
+        return {
+            "max_batch": self.max_batch,
+            "max_wait_ms": round(1000 * self.max_wait_s, 3),
+            "max_queue": self.max_queue,
+            "queued": self.pending,
+            "batches": self.batches,
+            "images": self.images,
+            "largest_batch": self.largest_batch,
+            "rejected": self.rejected,
+            "expired": self.expired,
+            "cancelled": self.cancelled,
+        }
+
     def start(self) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="image-batcher", daemon=True)

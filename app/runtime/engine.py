@@ -46,6 +46,7 @@ from app.runtime.lexicon import Lexicon
 from app.runtime.model import ModelRuntime, RuntimeFactory, load_runtime
 from app.runtime.quotas import ANONYMOUS, Quotas
 from app.runtime.reload import ModelHolder, ReloadResult, watch
+from app.runtime.set_builds import Build, SetBuilds, SetView
 from app.runtime.text_lane import TextLane
 from app.runtime.url_fetch import ImageUrl, UrlFetcher, policy_from
 from app.settings import Settings
@@ -103,16 +104,13 @@ class Embeddings:
 @dataclass(frozen=True)
 class LabelSetStored:
     label_set: LabelSet
-    model: dict[str, str]
-    source: str  # where its matrix came from: memory, disk or encoded
-    build_ms: float
+    build: Build  # ready (then the set serves), or still building in the background
 
 
 class Engine:
     def __init__(self, settings: Settings, factory: RuntimeFactory = load_runtime) -> None:
         self.settings = settings
         self.cache = LabelCache(settings.label_cache_bytes)
-        self.holder = ModelHolder(settings, factory)
         self.text_lane = TextLane(settings.text_slice_ms)  # every prompt encoded goes through it
         self.batcher = ImageBatcher(settings.max_batch, settings.max_wait_ms, settings.max_queue)
         self.label_sets = LabelSetStore(settings.label_sets_dir)
@@ -123,6 +121,9 @@ class Engine:
         self.matrices = LabelMatrices(self.cache, self.label_sets, self.budget, self.text_lane)
         self.lexicon = Lexicon(settings.label_sets_dir, self.text_lane)  # negative labels, per bundle
         self.calibrations = CalibrationStore(settings.label_sets_dir)
+        self.builds = SetBuilds(self.label_sets, self.matrices, self.lexicon)  # background set builds
+        # a new model is swapped in once the registered sets are built for it; staged ones then build
+        self.holder = ModelHolder(settings, factory, self.builds.prepare, self.builds.resume)
         self.quotas = Quotas(settings)
         self.urls = UrlFetcher(policy_from(settings))  # images given by URL (off unless turned on)
         self.draining = False  # set on SIGTERM and at shutdown: readiness fails from then on
@@ -191,25 +192,14 @@ class Engine:
             )
 
     def describe(self) -> dict[str, Any]:
-        """GET /v1/models: the model, the batcher and the label cache."""
-        s, b = self.settings, self.batcher
+        """GET /v1/models: the model, the batcher, the label cache, a reload's label-set preparation."""
         return {
             **self.runtime().describe(),
-            "batcher": {
-                "max_batch": s.max_batch,
-                "max_wait_ms": s.max_wait_ms,
-                "max_queue": s.max_queue,
-                "queued": b.pending,
-                "batches": b.batches,
-                "images": b.images,
-                "largest_batch": b.largest_batch,
-                "rejected": b.rejected,
-                "expired": b.expired,
-                "cancelled": b.cancelled,
-            },
+            "batcher": self.batcher.stats(),
             "label_cache": self.cache.stats(),
             "text_encoder": self.text_lane.stats(),
             "reload_error": self.holder.error,
+            "reload_preparation": {"running": self.builds.preparing, "last": self.builds.prepared},
         }
 
     async def reload(self) -> ReloadResult:
@@ -232,7 +222,7 @@ class Engine:
         rt, s = ticket.runtime, self.settings
         req.labels.check()
         named = req.labels.label_set
-        ls = None if named is None else await run_in_threadpool(self.label_sets.get, named)
+        ls = None if named is None else await run_in_threadpool(self.builds.served, named)
         cal = None if ls is None else await run_in_threadpool(self.calibrations.get, ls, rt.sha)
         fit = cal.fit if cal is not None else None  # only a fit for this bundle and this definition
         q = self.quotas  # the key's prompt budget, when one is set
@@ -333,10 +323,11 @@ class Engine:
         return Embeddings(rt.ref, feats)
 
     async def put_label_set(
-        self, name: str, labels: list[str], templates: str | list[str] | None
+        self, name: str, labels: list[str], templates: str | list[str] | None, wait: bool = False
     ) -> LabelSetStored:
-        """Register (or replace) a set and have its matrix ready for the model served: returns when it
-        is (encoding 1,000 labels x 80 templates takes a while; other requests go on meanwhile)."""
+        """Register (or replace) a set: checked and staged now, built in the background for the model
+        served. Returns once built, or after label_set_wait_s with the build still running (or with
+        `wait`, when it ends however long); until then the previous version, if any, serves."""
         check_name(name)
         tmpl = resolve_templates(templates)
         set_name = templates if isinstance(templates, str) and templates in TEMPLATE_SETS else None
@@ -344,31 +335,33 @@ class Engine:
         self.set_budget.check(len(labels), len(tmpl))
         check_distinct(rt, labels)
         check_token_lengths(rt, labels, tmpl)
-        t = time.perf_counter()
-        ls = await run_in_threadpool(
-            self.label_sets.put, name, labels, tmpl, DEFAULT_SET if templates is None else set_name
-        )
-        _, source = await run_in_threadpool(self.matrices.for_set, rt, ls)
-        return LabelSetStored(ls, rt.ref, source, round(1000 * (time.perf_counter() - t), 1))
+        ls = self.label_sets.define(name, labels, tmpl, DEFAULT_SET if templates is None else set_name)
+        await run_in_threadpool(self.label_sets.stage, ls)
+        build = self.builds.start(rt, ls)
+        await run_in_threadpool(build.event.wait, None if wait else self.settings.label_set_wait_s)
+        if build.status == "failed" and build.error is not None:
+            raise build.error
+        return LabelSetStored(ls, build)
 
-    async def get_label_set(self, name: str) -> tuple[LabelSet, Calibration]:
-        """The set, and its calibration for the model served (fitted, stale, unreadable or none)."""
-        ls, rt = await run_in_threadpool(self.label_sets.get, name), self.holder.runtime
+    async def get_label_set(self, name: str) -> tuple[SetView, Calibration]:
+        """The set (served, or staged and building), and its calibration for the model served."""
+        view, rt = await run_in_threadpool(self.builds.view, name), self.holder.runtime
         if rt is None:  # the set is still shown while no model is loaded; its calibration cannot be judged
-            return ls, Calibration("none", reason="no model is loaded")
-        return ls, await run_in_threadpool(self.calibrations.get, ls, rt.sha)
+            return view, Calibration("none", reason="no model is loaded")
+        return view, await run_in_threadpool(self.calibrations.get, view.label_set, rt.sha)
 
-    async def list_label_sets(self) -> list[LabelSet]:
-        return await run_in_threadpool(self.label_sets.list)
+    async def list_label_sets(self) -> list[SetView]:
+        return await run_in_threadpool(self.builds.views)
 
     async def delete_label_set(self, name: str) -> None:
+        self.builds.cancel(name)
         await run_in_threadpool(self.label_sets.delete, name)
         await run_in_threadpool(self.calibrations.delete, name)
 
     async def calibrate(self, name: str, files: list[bytes], truth: list[str | None], target: Target) -> Fit:
         """Fit the set's calibration for the model served from labelled images (None: an image that
         is none of the labels) and store it; requests naming the set use it from then on."""
-        ls, rt = await run_in_threadpool(self.label_sets.get, name), self.runtime()
+        ls, rt = await run_in_threadpool(self.builds.served, name), self.runtime()
         index = {lb: i for i, lb in enumerate(ls.labels)}
         strangers = sorted({t for t in truth if t is not None and t not in index})
         if strangers:

@@ -87,6 +87,16 @@ class LabelSetError(EngineError):
     """A label set that is unknown, misnamed, unreadable or cannot be stored; `code` says which."""
 
 
+class LabelSetBuilding(EngineError):
+    """A request names a set whose first matrix is still being built; retry after about its ETA."""
+
+    code = "label_set_building"
+
+    def __init__(self, message: str, detail: Any, retry_after_s: float) -> None:
+        super().__init__(message, detail)
+        self.retry_after_s = retry_after_s
+
+
 @dataclass(frozen=True)
 class ImageFailure:
     """One image of a request with on_error="skip" that could not be used: it gets this in place of

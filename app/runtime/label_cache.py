@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from model.bundle.encoders import TextEncoder
-from model.bundle.zeroshot import label_matrix
+from model.bundle.zeroshot import Progress, label_matrix
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,12 @@ class LabelCache:
         return m if m is not None else self.build(encoder, sha, labels, templates)
 
     def build(
-        self, encoder: TextEncoder, sha: str, labels: Sequence[str], templates: Templates
+        self,
+        encoder: TextEncoder,
+        sha: str,
+        labels: Sequence[str],
+        templates: Templates,
+        progress: Progress | None = None,
     ) -> np.ndarray:
         """Build a list's matrix whose lookup just missed, encoding only the labels not cached; if
         another request is building the same list, wait for its result instead (blocking)."""
@@ -131,9 +136,9 @@ class LabelCache:
         if building is not None:  # another request is encoding this very list: wait for its result
             building.wait()
             m = self.cached_set(sha, labels, templates)
-            return m if m is not None else self._build(encoder, sha, labels, templates, None)
+            return m if m is not None else self._build(encoder, sha, labels, templates, None, progress)
         try:
-            return self._build(encoder, sha, labels, templates, key)
+            return self._build(encoder, sha, labels, templates, key, progress)
         finally:
             with self._lock:
                 self._building.pop(key).set()
@@ -145,6 +150,7 @@ class LabelCache:
         labels: Sequence[str],
         templates: Templates,
         key: SetKey | None,
+        report: Progress | None = None,
     ) -> np.ndarray:
         with self._lock:
             found = {lb: self._items.get((sha, templates, lb)) for lb in labels}
@@ -157,7 +163,14 @@ class LabelCache:
         if missing:  # encode outside the lock: other requests keep being served meanwhile
             n = len(missing) * len(templates)
             what = f"{len(missing)} labels x {len(templates)} templates"
-            progress = _Progress(what) if n > PROGRESS_PROMPTS else None
+            log_progress = _Progress(what) if n > PROGRESS_PROMPTS else None
+
+            def progress(done: int, total: int) -> None:  # the log, and the caller's (a set's build)
+                if log_progress is not None:
+                    log_progress(done, total)
+                if report is not None:
+                    report(done, total)
+
             fresh = label_matrix(encoder, missing, templates, progress=progress)
             with self._lock:
                 self.encoded_prompts += n

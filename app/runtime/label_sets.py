@@ -2,7 +2,10 @@
 
 <label_sets_dir>/<name>.json                    the definition (labels, templates)
 <label_sets_dir>/<name>.<sha16>.<digest16>.npy  its label matrix for one bundle (sha) and definition
-A restart, or another replica sharing the folder, loads the matrix instead of encoding it again.
+<label_sets_dir>/.pending/<name>.json           a definition whose matrix is still being built
+A restart, or another replica sharing the folder, loads the matrix instead of encoding it again. A
+new definition is staged in .pending/ and takes the name's place only once its matrix is built
+(`promote`), so nothing half-built is ever served and the previous definition serves meanwhile.
 Files are replaced atomically (model/bundle/atomic.py), so a reader never sees half a file. The store
 knows files only; which matrix a request gets (memory, disk or encoded) is app/runtime/labels.py's.
 """
@@ -13,6 +16,7 @@ import datetime as dt
 import errno
 import json
 import logging
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,32 +66,84 @@ class LabelSetStore:
     def _matrices(self, name: str) -> Iterator[Path]:
         return self.root.glob(f"{name}.*.npy") if self.root.is_dir() else iter(())
 
-    def put(
-        self, name: str, labels: list[str], templates: tuple[str, ...], template_set: str | None
-    ) -> LabelSet:
-        ls = LabelSet(
-            check_name(name),
-            tuple(labels),
-            templates,
-            template_set,
-            dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        )
+    def _pending_file(self, name: str) -> Path:
+        return self.root / ".pending" / f"{check_name(name)}.json"
+
+    def _write(self, path: Path, ls: LabelSet) -> None:
+        """Write a definition, or raise a LabelSetError naming why not (nothing changed then)."""
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            atomic_write(self._file(name), lambda f: f.write(json.dumps(ls.to_json(), indent=1).encode()))
-        except OSError as e:  # nothing changed: the old definition (if any) stays, on disk and served
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda f: f.write(json.dumps(ls.to_json(), indent=1).encode()))
+        except OSError as e:  # the old definition (if any) stays, on disk and served
             if e.errno in NO_SPACE:
                 raise LabelSetError(
-                    f"no space left to store label set {name!r} in {self.root}: {e.strerror}",
+                    f"no space left to store label set {ls.name!r} in {self.root}: {e.strerror}",
                     code="insufficient_storage",
                 ) from None
             raise LabelSetError(
                 f"cannot write {self.root}: {e.strerror}", code="label_sets_unwritable"
             ) from None
-        for old in self._matrices(name):  # matrices of an earlier definition of this name
+
+    @staticmethod
+    def define(
+        name: str, labels: list[str], templates: tuple[str, ...], template_set: str | None
+    ) -> LabelSet:
+        stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        return LabelSet(check_name(name), tuple(labels), templates, template_set, stamp)
+
+    def put(
+        self, name: str, labels: list[str], templates: tuple[str, ...], template_set: str | None
+    ) -> LabelSet:
+        """Store a definition in the name's place at once (its matrix is built on first use)."""
+        ls = self.define(name, labels, templates, template_set)
+        self._write(self._file(name), ls)
+        self._drop_matrices_but(ls)
+        return ls
+
+    def stage(self, ls: LabelSet) -> None:
+        """Store a definition beside the one served, until `promote` (a newer stage replaces it)."""
+        self._write(self._pending_file(ls.name), ls)
+
+    def pending(self, name: str) -> LabelSet | None:
+        """The staged definition of a name, or None (also when its file is unreadable: logged)."""
+        path = self._pending_file(name)
+        try:
+            return parse_label_set(json.loads(path.read_text()))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.error("staged label set %s is unreadable: %s: %s", path, type(e).__name__, e)
+            return None
+
+    def pending_sets(self) -> list[LabelSet]:
+        folder = self.root / ".pending"
+        names = sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+        return [ls for ls in map(self.pending, filter(NAME.match, names)) if ls is not None]
+
+    def promote(self, ls: LabelSet) -> bool:
+        """Put the staged `ls` in its name's place (one rename), unless a newer definition was staged
+        since (then that one's build promotes it) or it was deleted. True when promoted."""
+        staged = self.pending(ls.name)
+        if staged is None or staged.digest != ls.digest:
+            return False
+        try:
+            os.replace(self._pending_file(ls.name), self._file(ls.name))
+        except FileNotFoundError:  # deleted meanwhile
+            return False
+        self._parsed.pop(ls.name, None)
+        self._drop_matrices_but(ls)
+        return True
+
+    def discard(self, ls: LabelSet) -> None:
+        """Forget a staged definition (its build failed or was cancelled), unless a newer one replaced it."""
+        staged = self.pending(ls.name)
+        if staged is not None and staged.digest == ls.digest:
+            self._pending_file(ls.name).unlink(missing_ok=True)
+
+    def _drop_matrices_but(self, ls: LabelSet) -> None:
+        for old in self._matrices(ls.name):  # matrices of an earlier definition of this name
             if not old.name.endswith(f".{ls.digest[:16]}.npy"):
                 old.unlink(missing_ok=True)
-        return ls
 
     def get(self, name: str) -> LabelSet:
         """The set as stored now; parsed once per version of its file (replicas may change it)."""
@@ -128,11 +184,17 @@ class LabelSetStore:
         return out
 
     def delete(self, name: str) -> None:
-        path = self._file(name)
-        try:  # no exists() first: two DELETEs at once both saw the file, and the second's unlink was a 500
-            path.unlink()
-        except FileNotFoundError:
-            raise LabelSetError(f"no label set named {name!r}", code="label_set_not_found") from None
+        """Delete the name's definition, the staged one too, and their matrices."""
+        path, staged = self._file(name), self._pending_file(name)
+        found = False
+        for p in (staged, path):  # no exists() first: two DELETEs at once both saw the file
+            try:
+                p.unlink()
+                found = True
+            except FileNotFoundError:
+                pass
+        if not found:
+            raise LabelSetError(f"no label set named {name!r}", code="label_set_not_found")
         self._parsed.pop(name, None)
         for m in self._matrices(name):
             m.unlink(missing_ok=True)

@@ -21,6 +21,7 @@ from app.runtime.label_sets import LabelSet, LabelSetStore
 from app.runtime.model import ModelRuntime
 from app.runtime.text_lane import TextLane
 from model.bundle.prompts import resolve_templates
+from model.bundle.zeroshot import Progress
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +144,11 @@ class LabelMatrices:
             check_token_lengths(rt, labels, templates)
         return LabelPlan(labels, templates, m)
 
-    def build(self, rt: ModelRuntime, plan: LabelPlan) -> tuple[np.ndarray, str]:
-        """The plan's matrix and where it came from: memory, disk or encoded. Blocking (may encode)."""
+    def build(
+        self, rt: ModelRuntime, plan: LabelPlan, progress: Progress | None = None
+    ) -> tuple[np.ndarray, str]:
+        """The plan's matrix and where it came from: memory, disk or encoded. Blocking (may encode;
+        `progress` hears of the prompts encoded)."""
         if plan.matrix is not None:
             return plan.matrix, "memory"
         ls = plan.label_set
@@ -159,11 +163,13 @@ class LabelMatrices:
         log.info(
             "label set %s: encoding %d labels x %d templates", ls.name, len(ls.labels), len(ls.templates)
         )
-        m = self.cache.build(self.lane.job(rt.encoders), rt.sha, ls.labels, ls.templates)
+        m = self.cache.build(self.lane.job(rt.encoders), rt.sha, ls.labels, ls.templates, progress)
         self.store.save_matrix(ls, rt.sha, m)
         return m, "encoded"
 
-    def for_set(self, rt: ModelRuntime, ls: LabelSet) -> tuple[np.ndarray, str]:
+    def for_set(
+        self, rt: ModelRuntime, ls: LabelSet, progress: Progress | None = None
+    ) -> tuple[np.ndarray, str]:
         """A registered set's matrix, from wherever it is (blocking)."""
         plan = LabelPlan(ls.labels, ls.templates, self.cache.cached_set(rt.sha, ls.labels, ls.templates), ls)
-        return self.build(rt, plan)
+        return self.build(rt, plan, progress)

@@ -36,6 +36,11 @@ class Lexicon:
         self._matrices: OrderedDict[str, np.ndarray] = OrderedDict()
         self._negatives: OrderedDict[tuple[str, Sequence[str], Sequence[str]], np.ndarray] = OrderedDict()
 
+    @property
+    def in_use(self) -> bool:
+        """Whether a request has needed the lexicon (a reload then prepares it for the new model)."""
+        return bool(self._matrices)
+
     def _file(self, sha: str) -> Path:
         return self.root / f"{sha[:16]}.{self.words}.npy"
 

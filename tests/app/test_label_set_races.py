@@ -75,7 +75,9 @@ def test_concurrent_put_and_delete_under_classify_traffic(
     reads = [(status, x) for kind, status, x in seen if kind == "read"]
     writes = [(status, x) for kind, status, x in seen if kind == "write"]
     assert [w for w in writes if w[1] is not None] == []  # every write got its expected status
-    wrong = [r for r in reads if not ((r[0] == 200 and r[1] in whole) or r == (404, "label_set_not_found"))]
+    # 503 label_set_building: read between a PUT after a DELETE and the end of its build (no version serves)
+    allowed = {(404, "label_set_not_found"), (503, "label_set_building")}
+    wrong = [r for r in reads if not ((r[0] == 200 and r[1] in whole) or r in allowed)]
     assert wrong == []
     assert sum(r[0] == 200 for r in reads) > 10 and len(writes) > 10  # the race really ran
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]

@@ -539,7 +539,9 @@ def test_label_sets_and_uploads_on_a_full_disk(tmp_path: Path) -> None:
                 return sorted(x["label"] for x in r.json()["results"][0]["labels"])
 
             def no_temporaries() -> None:
-                assert [p.name for p in sets.iterdir() if p.name.startswith(".")] == []
+                # no temporary left, here or in .pending/ (where a new definition waits for its build)
+                assert [p.name for p in sets.rglob(".*") if p.name != ".pending"] == []
+                assert not (sets / ".pending").exists() or list((sets / ".pending").iterdir()) == []
                 assert sorted(spool.iterdir()) == spooled  # (uploads spool to unnamed files)
 
             def classify_big() -> httpx.Response:

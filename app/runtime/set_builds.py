@@ -1,0 +1,254 @@
+"""Label sets built in the background, and built for a new model before it is swapped in.
+
+PUT stages a set's definition (app/runtime/label_sets.py) and starts its build here, on a thread of
+its own; the prompts go through the text lane like every other, so requests are served meanwhile.
+A build reports its progress (prompts done of all, rate, ETA) for GET. Once the matrix is built and
+stored, the staged definition takes the name's place: the previous version of the set serves until
+then, and nothing half-built is ever served. A restart finds the staged definitions and builds them
+again (`resume`). A hot reload calls `prepare` with the new model before the swap: every registered
+set's matrix (and the negative-label lexicon, when in use) is built or loaded for it first, so the
+first requests on the new model find them ready instead of each waiting for a build.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from app.runtime.errors import LabelSetBuilding, LabelSetError
+from app.runtime.label_sets import LabelSet, LabelSetStore
+from app.runtime.labels import LabelMatrices
+from app.runtime.lexicon import Lexicon
+from app.runtime.model import ModelRuntime
+
+log = logging.getLogger(__name__)
+
+Status = Literal["building", "ready", "failed", "superseded"]
+RETRY_MIN_S, RETRY_MAX_S = 1.0, 60.0  # Retry-After for a request naming a set still building
+
+
+class BuildCancelled(Exception):
+    """Raised in a build's progress callback once a newer definition or a DELETE superseded it."""
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+@dataclass(eq=False)
+class Build:
+    """One set's build for one model: its progress while it runs, its outcome after."""
+
+    label_set: LabelSet
+    runtime: ModelRuntime
+    total: int  # prompts to encode (labels x templates; fewer once the cache says what it holds)
+    done: int = 0
+    status: Status = "building"
+    source: str | None = None  # where the matrix came from: memory, disk or encoded
+    error: LabelSetError | None = None
+    cancelled: bool = False
+    started: float = field(default_factory=time.monotonic)
+    started_at: str = field(default_factory=_now)
+    finished: float | None = None
+    event: threading.Event = field(default_factory=threading.Event)
+
+    def progress(self, done: int, total: int) -> None:
+        if self.cancelled:
+            raise BuildCancelled
+        self.done, self.total = done, total
+
+    @property
+    def elapsed_s(self) -> float:
+        return (self.finished or time.monotonic()) - self.started
+
+    @property
+    def rate(self) -> float:
+        return self.done / max(self.elapsed_s, 1e-9)
+
+    @property
+    def eta_s(self) -> float | None:
+        if self.status != "building":
+            return None
+        return (self.total - self.done) / self.rate if self.done else None
+
+    def retry_after_s(self) -> float:
+        eta = self.eta_s
+        return RETRY_MAX_S / 6 if eta is None else min(max(eta, RETRY_MIN_S), RETRY_MAX_S)
+
+    def describe(self) -> dict[str, Any]:
+        eta = self.eta_s
+        return {
+            "status": self.status,
+            "model": self.runtime.ref,
+            "labels": len(self.label_set.labels),
+            "templates": len(self.label_set.templates),
+            "prompts_done": self.total if self.status == "ready" else self.done,
+            "prompts_total": self.total,
+            "prompts_per_s": round(self.rate, 1),
+            "eta_s": None if eta is None else round(eta, 1),
+            "elapsed_s": round(self.elapsed_s, 2),
+            "started_at": self.started_at,
+            "source": self.source,
+            "error": None if self.error is None else {"code": self.error.code, "message": self.error.message},
+        }
+
+
+@dataclass(frozen=True)
+class SetView:
+    label_set: LabelSet  # the definition served, or the staged one while there is none
+    status: str  # ready, building or failed
+    build: Build | None  # the latest build of the name, running or finished
+    staged: LabelSet | None = None  # a newer definition being built while `label_set` serves
+
+
+class SetBuilds:
+    """The builds under way or last finished, one per set name. Thread-safe."""
+
+    def __init__(self, store: LabelSetStore, matrices: LabelMatrices, lexicon: Lexicon) -> None:
+        self.store, self.matrices, self.lexicon = store, matrices, lexicon
+        self._builds: dict[str, Build] = {}
+        self._lock = threading.Lock()
+        self.preparing: dict[str, Any] | None = None  # a reload's preparation under way (/v1/models)
+        self.prepared: dict[str, Any] | None = None  # the last one's figures
+
+    def start(self, rt: ModelRuntime, ls: LabelSet) -> Build:
+        """Build a staged set for `rt` on a thread of its own (the same build if it already runs)."""
+        with self._lock:
+            old = self._builds.get(ls.name)
+            if old is not None and old.status == "building":
+                if old.runtime.sha == rt.sha and old.label_set.digest == ls.digest:
+                    return old
+                old.cancelled = True  # superseded: its next slice stops it
+            b = Build(ls, rt, total=len(ls.labels) * len(ls.templates))
+            self._builds[ls.name] = b
+        threading.Thread(target=self._run, args=(b,), name=f"label-set-{ls.name}", daemon=True).start()
+        return b
+
+    def _run(self, b: Build) -> None:
+        name = b.label_set.name
+        try:
+            _, b.source = self.matrices.for_set(b.runtime, b.label_set, b.progress)
+            if b.cancelled:
+                raise BuildCancelled
+            self.store.promote(b.label_set)
+            b.status = "ready"
+            log.info("label set %s: ready (%s, %.1f s)", name, b.source, b.elapsed_s)
+        except BuildCancelled:
+            b.status = "superseded"
+        except LabelSetError as e:
+            b.status, b.error = "failed", e
+            log.error("label set %s: build failed: %s", name, e.message)
+        except Exception as e:  # the server goes on; the set says why it is not served
+            log.exception("label set %s: build failed", name)
+            b.status = "failed"
+            b.error = LabelSetError(
+                f"building label set {name!r} failed: {type(e).__name__}: {str(e)[:200]}",
+                code="label_set_build_failed",
+            )
+        finally:
+            b.finished = time.monotonic()
+            b.event.set()
+
+    def get(self, name: str) -> Build | None:
+        with self._lock:
+            return self._builds.get(name)
+
+    def served(self, name: str) -> LabelSet:
+        """The definition a request naming the set is scored with: the one in the name's place.
+        While only a staged one exists, LabelSetBuilding (503, retry after about its ETA), or why its
+        build failed. Blocking (reads the store)."""
+        try:
+            return self.store.get(name)
+        except LabelSetError as e:
+            if e.code != "label_set_not_found":
+                raise
+            b = self.get(name)
+            if b is not None and b.status == "failed" and b.error is not None:
+                raise LabelSetError(
+                    f"label set {name!r} is not served: {b.error.message}; register it again",
+                    code="label_set_build_failed",
+                ) from None
+            if (b is not None and b.status == "building") or self.store.pending(name) is not None:
+                wait = RETRY_MAX_S / 6 if b is None else b.retry_after_s()
+                detail = None if b is None else b.describe()
+                raise LabelSetBuilding(
+                    f"label set {name!r} is still being built; retry in about {wait:.0f} s",
+                    detail,
+                    wait,
+                ) from None
+            raise
+
+    def view(self, name: str) -> SetView:
+        """What GET shows: the definition served (else the one staged) and its build's state."""
+        try:
+            served: LabelSet | None = self.store.get(name)
+        except LabelSetError as e:
+            if e.code != "label_set_not_found":
+                raise
+            served = None
+        staged, b = self.store.pending(name), self.get(name)
+        shown = served or staged or (b.label_set if b is not None else None)
+        if shown is None:
+            raise LabelSetError(f"no label set named {name!r}", code="label_set_not_found")
+        status: str = "ready" if served is not None else "building"
+        if b is not None and b.status == "building":
+            status = "building"
+        elif b is not None and b.status == "failed" and (served is None or served != b.label_set):
+            status = "failed"  # its newest definition failed (a previous version may still serve)
+        return SetView(shown, status, b, staged if served is not None else None)
+
+    def views(self) -> list[SetView]:
+        """Every set, served or still staged, by name."""
+        names = {ls.name for ls in self.store.list()} | {ls.name for ls in self.store.pending_sets()}
+        out = []
+        for name in sorted(names):
+            try:
+                out.append(self.view(name))
+            except LabelSetError:
+                continue  # deleted meanwhile, or unreadable: reported when asked for by name
+        return out
+
+    def cancel(self, name: str) -> None:
+        with self._lock:
+            b = self._builds.pop(name, None)
+        if b is not None:
+            b.cancelled = True
+
+    def resume(self, rt: ModelRuntime) -> None:
+        """Start (again) the build of every staged set for `rt`: after a restart, or after a reload
+        (a build for the model before would give a matrix the new one cannot use)."""
+        for ls in self.store.pending_sets():
+            self.start(rt, ls)
+
+    def prepare(self, rt: ModelRuntime) -> None:
+        """Build or load, for a model about to be swapped in, every registered set's matrix, and the
+        lexicon if the model served uses one. Blocking: the reload's thread runs it; the model
+        served keeps serving meanwhile. A set that fails is logged and built on first use instead."""
+        sets = self.store.list()
+        p: dict[str, Any] = {"model": rt.ref, "sets_total": len(sets), "sets_done": 0, "failed": []}
+        p |= {"prompts_done": 0, "started_at": _now()}
+        self.preparing, t0, done_before = p, time.monotonic(), 0
+
+        def progress(done: int, total: int) -> None:
+            p["prompts_done"] = done_before + done
+
+        for ls in sets:
+            try:
+                self.matrices.for_set(rt, ls, progress)
+            except Exception as e:
+                log.exception("label set %s: not prepared for %s/%s", ls.name, rt.name, rt.version)
+                p["failed"].append({"name": ls.name, "error": f"{type(e).__name__}: {str(e)[:200]}"})
+            p["sets_done"] += 1
+            done_before = p["prompts_done"]
+        if self.lexicon.in_use:
+            try:
+                self.lexicon.matrix(rt)
+            except Exception as e:  # encoded on first use instead
+                log.exception("the lexicon: not prepared for %s/%s", rt.name, rt.version)
+                p["failed"].append({"name": ".lexicon", "error": f"{type(e).__name__}: {str(e)[:200]}"})
+        p["seconds"] = round(time.monotonic() - t0, 2)
+        self.preparing, self.prepared = None, p
