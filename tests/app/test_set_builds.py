@@ -208,3 +208,37 @@ def test_a_hot_reload_builds_the_registered_sets_before_the_swap(
             r = classify(c, "s")
             assert r.json()["model"]["version"] == "fake-2" and labels_of(r) == set(V1)
         assert engine.cache.encoded_prompts == prepared  # no on-demand build after the swap
+
+
+def test_a_hot_reload_under_load_with_a_registered_set_fails_no_request(tmp_path: Path) -> None:
+    enc = TextGate()
+    settings = fake_settings(tmp_path, admin_token=TOKEN)
+    with TestClient(create_app(settings, enc.factory())) as c:
+        body = {"labels": [f"object number {i}" for i in range(200)], "templates": "imagenet7"}
+        assert c.put("/v1/label-sets/s", json=body, headers=ADMIN).json()["status"] == "ready"
+        engine = c.app.state.engine  # type: ignore[attr-defined]
+        statuses: list[tuple[int, str]] = []
+        stop = threading.Event()
+
+        def client() -> None:
+            while not stop.is_set():
+                r = classify(c, "s")
+                statuses.append(
+                    (r.status_code, r.json()["model"]["version"] if r.status_code == 200 else r.text)
+                )
+
+        threads = [threading.Thread(target=client) for _ in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        (settings.models_dir / "default" / "CURRENT").write_text("fake-2\n")
+        assert c.post("/v1/admin/reload", headers=ADMIN).status_code == 200
+        swapped_at = engine.cache.encoded_prompts
+        time.sleep(0.5)
+        stop.set()
+        for t in threads:
+            t.join(20)
+    assert statuses and all(code == 200 for code, _ in statuses), [s for s in statuses if s[0] != 200][:3]
+    versions = [v for _, v in statuses]
+    assert versions[0] == "fake-1" and versions[-1] == "fake-2"  # requests ran on both sides of the swap
+    assert engine.cache.encoded_prompts == swapped_at  # nothing was built on demand after the swap
