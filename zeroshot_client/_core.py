@@ -16,13 +16,21 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Union
 
 import httpx
 
-from zeroshot_client.errors import ConnectionFailed, RequestTimeout, ZeroshotError, error_class
+from zeroshot_client.errors import (
+    ConnectionFailed,
+    LabelSetBuildFailed,
+    LabelSetBuildTimeout,
+    RequestTimeout,
+    ZeroshotError,
+    error_class,
+)
+from zeroshot_client.types import BuildProgress, LabelSetEmbeddings, LabelSetSummary
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -206,6 +214,75 @@ def put_label_set_call(name: str, labels: Sequence[str], templates: Templates | 
     return Call("PUT", label_set_path(name), body, admin=True)
 
 
+# --- waiting for a label set's build ---
+
+POLL_MIN_S, POLL_MAX_S = 0.2, 5.0  # between GETs: about the build's ETA, within these
+POLL_UNKNOWN_S = 1.0  # before the build has an ETA (no prompt done yet)
+
+
+class BuildWait:
+    """put_label_set's wait for a build the server answered 202 for: how long to sleep before the
+    next GET /v1/label-sets/{name}, and what its status means. Time waited is the longer of the seconds
+    slept (through the client's own sleep, which a test may fake) and the clock's. Not `?wait=true`:
+    a request held open for minutes is what proxies and balancers cut."""
+
+    def __init__(self, name: str, timeout_s: float, poll_s: float | None) -> None:
+        if not (timeout_s >= 0 and math.isfinite(timeout_s)):
+            raise ValueError(f"timeout_s is a number of seconds >= 0, not {timeout_s!r}")
+        if poll_s is not None and not (poll_s > 0 and math.isfinite(poll_s)):
+            raise ValueError(f"poll_s is a number of seconds > 0 or None, not {poll_s!r}")
+        self.name, self.timeout_s, self.poll_s = name, timeout_s, poll_s
+        self.started, self.slept = time.monotonic(), 0.0
+
+    def pause(self, status: str, build: BuildProgress | None) -> float | None:
+        """Seconds to sleep before the next GET; None once the build ended (ready, superseded).
+        Raises LabelSetBuildFailed when it failed, LabelSetBuildTimeout past timeout_s."""
+        if status == "failed":
+            raise self.failed(build)
+        if status != "building":
+            return None
+        left = self.timeout_s - max(self.slept, time.monotonic() - self.started)
+        if left <= 0:
+            raise self.timed_out(build)
+        wait = min(self.interval(build), left)
+        self.slept += wait
+        return wait
+
+    def interval(self, build: BuildProgress | None) -> float:
+        if self.poll_s is not None:
+            return self.poll_s
+        eta = None if build is None else build.eta_s
+        return POLL_UNKNOWN_S if eta is None else min(max(eta, POLL_MIN_S), POLL_MAX_S)
+
+    def failed(self, build: BuildProgress | None) -> LabelSetBuildFailed:
+        why = None if build is None else build.error
+        code = why.code if why else "label_set_build_failed"
+        message = why.message if why else f"the build of label set {self.name!r} failed"
+        e = LabelSetBuildFailed(code, message, 409)
+        e.build = build
+        return e
+
+    def timed_out(self, build: BuildProgress | None) -> LabelSetBuildTimeout:
+        done = "" if build is None else f" ({build.prompts_done} of {build.prompts_total} prompts done)"
+        message = (
+            f"label set {self.name!r} is still building after {self.timeout_s:g} s{done}; "
+            "it builds on in the server: get_label_set shows its progress"
+        )
+        e = LabelSetBuildTimeout("label_set_build_timeout", message)
+        e.build = build
+        return e
+
+
+def built(stored: LabelSetSummary, status: str, build: BuildProgress | None) -> LabelSetSummary:
+    """The answer to PUT, updated with how the build it started ended (as GET last showed it)."""
+    if stored.status != "building":
+        return stored  # answered 200: nothing was waited for
+    emb = stored.embeddings
+    if status == "ready" and build is not None and build.source is not None:
+        emb = LabelSetEmbeddings(build.model, build.source, round(1000 * build.elapsed_s, 1))
+    return replace(stored, status=status, build=build, embeddings=emb)
+
+
 def calibrate_call(
     name: str,
     images: Iterable[tuple[ImageInput, str | None]],
@@ -255,7 +332,7 @@ def error_for(response: httpx.Response) -> ZeroshotError:
     if isinstance(err, dict) and "code" in err:
         code, message, detail = str(err["code"]), str(err.get("message", "")), err.get("detail")
     wait = retry_after(response.headers.get("retry-after"))
-    return error_class(status)(code, message, status, wait, detail)
+    return error_class(status, code)(code, message, status, wait, detail)
 
 
 def result(response: httpx.Response) -> Any:

@@ -7,7 +7,10 @@ an answer without that body (a proxy's HTML page, say) gets the code `http_<stat
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from zeroshot_client.types import BuildProgress
 
 
 class ZeroshotError(Exception):
@@ -44,6 +47,15 @@ class NotFoundError(ClientError):
     """404: no such label set (label_set_not_found) or route (not_found)."""
 
 
+class LabelSetBuildFailed(ClientError):
+    """The label set's build failed, so the set is not served (or its previous version still is):
+    409 label_set_build_failed from a call naming it, or put_label_set seeing its build end failed
+    while waiting (then `code` and `message` are the build's error, status 409 as the server answers
+    for the set from then on, and `build` the build's last state). Register it again once fixed."""
+
+    build: BuildProgress | None = None
+
+
 class RateLimitedError(ClientError):
     """429 quota_exceeded: this key is over its quota; `retry_after` says when it may ask again."""
 
@@ -65,7 +77,17 @@ class RequestTimeout(ZeroshotError):
     be working on it."""
 
 
-def error_class(status: int) -> type[ZeroshotError]:
+class LabelSetBuildTimeout(ZeroshotError, TimeoutError):
+    """put_label_set waited its timeout_s and the set is still building (code label_set_build_timeout,
+    status None). The build goes on in the server: `build` is its last progress seen; follow it with
+    get_label_set. Also a TimeoutError."""
+
+    build: BuildProgress | None = None
+
+
+def error_class(status: int, code: str | None = None) -> type[ZeroshotError]:
+    if code == "label_set_build_failed" and 400 <= status < 500:
+        return LabelSetBuildFailed
     if status == 401:
         return AuthenticationError
     if status == 403:

@@ -112,11 +112,34 @@ class Client:
         return LabelSet.from_json(self._send(Call("GET", _core.label_set_path(name))))
 
     def put_label_set(
-        self, name: str, labels: Sequence[str], templates: Templates | None = None
+        self,
+        name: str,
+        labels: Sequence[str],
+        templates: Templates | None = None,
+        *,
+        wait: bool = True,
+        timeout_s: float = 600.0,
+        poll_s: float | None = None,
     ) -> LabelSetSummary:
-        """Register or replace a label set (needs the admin token); returns when its embeddings are
-        computed and stored."""
-        return LabelSetSummary.from_json(self._send(_core.put_label_set_call(name, labels, templates)))
+        """Register or replace a label set (needs the admin token). The server builds its embeddings
+        in the background: a set built within ZEROSHOT_LABEL_SET_WAIT_S is answered at once (status
+        ready), a larger one with 202 (status building). With `wait`, GET the set until its build ends,
+        sleeping about its ETA (0.2 to 5 s) or `poll_s` between GETs: the result is then ready (a
+        newer PUT of the name while polling: its build is the one followed; one before the answer:
+        status superseded); LabelSetBuildFailed when the build failed, LabelSetBuildTimeout past
+        `timeout_s` (the build goes on). wait=False: return the answer to PUT as it is;
+        get_label_set(name).build shows the progress."""
+        waiting = _core.BuildWait(name, timeout_s, poll_s) if wait else None
+        call = _core.put_label_set_call(name, labels, templates)
+        stored = LabelSetSummary.from_json(self._send(call))
+        if waiting is None:
+            return stored
+        status, build = stored.status, stored.build
+        while (pause := waiting.pause(status, build)) is not None:
+            self._sleep(pause)
+            now = self.get_label_set(name)
+            status, build = now.status, now.build
+        return _core.built(stored, status, build)
 
     def delete_label_set(self, name: str) -> None:
         self._send(Call("DELETE", _core.label_set_path(name), admin=True))

@@ -171,16 +171,91 @@ class LabelSetEmbeddings:
 
 
 @dataclass(frozen=True)
+class BuildFailure:
+    """Why a label set's build failed: the server's error code and message."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class BuildProgress:
+    """A label set's build, as PUT and GET show it: status building, ready, failed or superseded (a
+    newer PUT, or a DELETE, took the name's place), for `model`; prompts_done of prompts_total
+    (labels x templates) at prompts_per_s, eta_s seconds to go (None unless building, and until the
+    first prompts are done), elapsed_s since started_at; source (memory, disk or encoded) once built;
+    error when it failed."""
+
+    status: str
+    model: ModelRef
+    labels: int
+    templates: int
+    prompts_done: int
+    prompts_total: int
+    prompts_per_s: float
+    eta_s: float | None
+    elapsed_s: float
+    started_at: str | None = None
+    source: str | None = None
+    error: BuildFailure | None = None
+    raw: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def fraction(self) -> float:
+        """prompts_done / prompts_total, in [0, 1] (1 for a build with nothing to encode)."""
+        return min(1.0, self.prompts_done / self.prompts_total) if self.prompts_total else 1.0
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> BuildProgress:
+        err = d.get("error")
+        return cls(
+            status=str(d["status"]),
+            model=ModelRef.from_json(d["model"]),
+            labels=int(d.get("labels", 0)),
+            templates=int(d.get("templates", 0)),
+            prompts_done=int(d.get("prompts_done", 0)),
+            prompts_total=int(d.get("prompts_total", 0)),
+            prompts_per_s=float(d.get("prompts_per_s") or 0.0),
+            eta_s=_opt_float(d.get("eta_s")),
+            elapsed_s=float(d.get("elapsed_s") or 0.0),
+            started_at=d.get("started_at"),
+            source=d.get("source"),
+            error=_failure(err) if err else None,
+            raw=_extra(d, *_BUILD),
+        )
+
+
+_BUILD = (
+    *("status", "model", "labels", "templates", "prompts_done", "prompts_total", "prompts_per_s"),
+    *("eta_s", "elapsed_s", "started_at", "source", "error"),
+)
+
+
+def _failure(err: dict[str, Any]) -> BuildFailure:
+    return BuildFailure(str(err.get("code") or "label_set_build_failed"), str(err.get("message", "")))
+
+
+def _build(d: dict[str, Any]) -> BuildProgress | None:
+    b = d.get("build")
+    return BuildProgress.from_json(b) if b else None
+
+
+@dataclass(frozen=True)
 class LabelSetSummary:
     """A label set in the list (GET /v1/label-sets) or as stored (PUT): `label_count` labels;
     `templates` is the template set's name, or the number of templates when they were given as a
-    list. `embeddings` only in the answer to PUT."""
+    list. status: ready (served), building, failed, or (PUT only) superseded by a newer PUT; "ready"
+    where a server from before background builds does not say. `embeddings` once built, `build` and
+    `status_url` only in the answer to PUT."""
 
     name: str
     label_count: int
     templates: str | int
     created_at: str | None
     embeddings: LabelSetEmbeddings | None = None
+    status: str = "ready"
+    build: BuildProgress | None = None
+    status_url: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -188,19 +263,32 @@ class LabelSetSummary:
         e = d.get("embeddings")
         emb = None
         if e:
-            keys = ("model", "source", "build_ms")
             model = ModelRef.from_json(e["model"])
-            emb = LabelSetEmbeddings(model, str(e["source"]), float(e["build_ms"]), _extra(e, *keys))
+            extra = _extra(e, "model", "source", "build_ms")
+            emb = LabelSetEmbeddings(model, str(e["source"]), float(e["build_ms"]), extra)
         t = d["templates"]
         templates = t if isinstance(t, str) else int(t)
-        extra = _extra(d, "name", "labels", "templates", "created_at", "embeddings")
-        return cls(str(d["name"]), int(d["labels"]), templates, d.get("created_at"), emb, extra)
+        keys = ("name", "labels", "templates", "created_at", "embeddings", "status", "build", "status_url")
+        return cls(
+            name=str(d["name"]),
+            label_count=int(d["labels"]),
+            templates=templates,
+            created_at=d.get("created_at"),
+            embeddings=emb,
+            status=str(d.get("status") or "ready"),
+            build=_build(d),
+            status_url=d.get("status_url"),
+            raw=_extra(d, *keys),
+        )
 
 
 @dataclass(frozen=True)
 class LabelSet:
     """One label set in full (GET /v1/label-sets/{name}): its labels in order, the templates they
-    are put in, the template set's name when one was named, and its calibration for the model served."""
+    are put in, the template set's name when one was named, and its calibration for the model served.
+    status: ready (served), building (not yet, or a newer definition builds while this one serves:
+    then `staged` summarises that one) or failed (its newest build: `build.error` says why); `build`
+    is the latest build of the name, running or finished (None when there was none since the start)."""
 
     name: str
     labels: list[str]
@@ -208,11 +296,14 @@ class LabelSet:
     template_set: str | None
     created_at: str | None
     calibration: CalibrationState | None
+    status: str = "ready"
+    build: BuildProgress | None = None
+    staged: LabelSetSummary | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> LabelSet:
-        cal = d.get("calibration")
+        cal, staged = d.get("calibration"), d.get("staged")
         keys = ("name", "labels", "templates", "template_set", "created_at", "calibration")
         return cls(
             name=str(d["name"]),
@@ -221,7 +312,10 @@ class LabelSet:
             template_set=d.get("template_set"),
             created_at=d.get("created_at"),
             calibration=CalibrationState.from_json(cal) if cal else None,
-            raw=_extra(d, *keys),
+            status=str(d.get("status") or "ready"),
+            build=_build(d),
+            staged=LabelSetSummary.from_json({"status": "building", **staged}) if staged else None,
+            raw=_extra(d, *keys, "status", "build", "staged"),
         )
 
 

@@ -8,7 +8,9 @@ import asyncio
 import base64
 import io
 import json
-from collections.abc import Callable, Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +18,18 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.fakes import fake_app, fake_settings
+from app.main import create_app
+from app.runtime.model import ModelRuntime
+from app.settings import Settings
+from tests.fakes import FakeEncoders, fake_app, fake_runtime, fake_settings
 from tests.servers import live_server
 from zeroshot_client import (
     AsyncClient,
     AuthenticationError,
     Client,
     ClientError,
+    LabelSetBuildFailed,
+    LabelSetBuildTimeout,
     NotFoundError,
     RateLimitedError,
     RequestTimeout,
@@ -248,6 +255,65 @@ def test_the_context_manager_closes_the_http_client(base: str) -> None:
     assert c._http.is_closed
 
 
+class GatedTexts(FakeEncoders):
+    """Text-encoder calls with a prompt holding "gated" wait for `release`: a label set's build that
+    stays under way until the test lets it end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256, pad_to: int | None = None) -> Any:
+        if any("gated" in t for t in texts):
+            assert self.release.wait(20), "the test never released the text encoder"
+        return super().encode_texts(texts, batch_size, pad_to)
+
+    def factory(self) -> Callable[[Settings, str], ModelRuntime]:
+        def make(settings: Settings, version: str) -> ModelRuntime:
+            rt = fake_runtime(settings, version)
+            return ModelRuntime(rt.name, rt.version, rt.sha, rt.logit_scale, self, rt.manifest)
+
+        return make
+
+
+def test_a_set_still_building_is_refused_then_waited_for_by_polling(tmp_path: Path) -> None:
+    enc, slept, labels = GatedTexts(), [], ["gated cat", "gated dog"]
+    settings = fake_settings(tmp_path, admin_token=ADMIN, label_set_wait_s=0)  # every PUT answers 202
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        time.sleep(seconds)
+
+    with (
+        live_server(settings, create_app(settings, enc.factory())) as url,
+        Client(url, admin_token=ADMIN, retries=None, sleep=sleep) as c,
+    ):
+        early = c.put_label_set("gated", labels, wait=False)
+        assert (early.status, early.status_url, early.embeddings) == (
+            "building",
+            "/v1/label-sets/gated",
+            None,
+        )
+        assert early.build is not None and (early.build.status, early.build.prompts_total) == ("building", 2)
+        view = c.get_label_set("gated")
+        assert (view.status, view.labels, view.staged) == ("building", labels, None)
+        assert view.build is not None and view.build.eta_s is None  # no prompt done yet
+        with pytest.raises(UnavailableError) as e:
+            c.classify(RED, label_set="gated")
+        assert e.value.code == "label_set_building" and e.value.retry_after is not None
+        assert 1 <= e.value.retry_after <= 60 and slept == []
+        threading.Timer(0.3, enc.release.set).start()
+        done = c.put_label_set("gated", labels, poll_s=0.05)  # 202 again: the same build, followed
+        assert done.status == "ready" and done.build is not None and done.build.status == "ready"
+        assert done.build.prompts_done == done.build.prompts_total and done.build.error is None
+        assert done.embeddings is not None and done.embeddings.model.version == "fake-1"
+        assert slept and set(slept) == {0.05}
+        assert c.get_label_set("gated").status == "ready"
+        assert [s.status for s in c.label_sets() if s.name == "gated"] == ["ready"]
+        top = c.classify(RED, label_set="gated").top
+        assert top is not None and top.label in labels
+
+
 # --- on the wire, with httpx.MockTransport ---
 
 
@@ -454,6 +520,9 @@ def test_the_async_client_retries_with_its_own_sleep() -> None:
         (lambda c: c.embed_texts("cat"), TypeError),
         (lambda c: c.classify(12345, ["cat"]), TypeError),
         (lambda c: c.get_label_set("../admin"), ValueError),
+        (lambda c: c.put_label_set("s", ["a"], timeout_s=-1), ValueError),
+        (lambda c: c.put_label_set("s", ["a"], poll_s=0), ValueError),
+        (lambda c: c.put_label_set("s", "a"), TypeError),
     ],
 )
 def test_mistakes_are_caught_before_anything_is_sent(
@@ -463,3 +532,194 @@ def test_mistakes_are_caught_before_anything_is_sent(
     with rec.client() as c, pytest.raises(kind):
         call(c)
     assert rec.requests == []
+
+
+# --- label sets built in the background, on the wire ---
+
+SET = {"name": "s", "labels": 2, "templates": "default", "created_at": "2026-12-02T00:00:00+00:00"}
+
+
+def build(status: str, done: int = 1, eta: float | None = None, error: Any = None) -> dict[str, Any]:
+    return {
+        "status": status,
+        "model": MODEL,
+        "labels": 2,
+        "templates": 2,
+        "prompts_done": done,
+        "prompts_total": 4,
+        "prompts_per_s": 2.0,
+        "eta_s": eta,
+        "elapsed_s": 1.5,
+        "started_at": "2026-12-02T00:00:01+00:00",
+        "source": "encoded" if status == "ready" else None,
+        "error": error,
+        "queue": 0,  # a field of a newer server
+    }
+
+
+def accepted(eta: float | None) -> tuple[int, dict[str, str], Any]:
+    body = {
+        **SET,
+        "status": "building",
+        "build": build("building", eta=eta),
+        "status_url": "/v1/label-sets/s",
+    }
+    return 202, {"Location": "/v1/label-sets/s"}, body
+
+
+def viewed(status: str, **kw: Any) -> tuple[int, dict[str, str], Any]:
+    body = {**SET, "labels": ["a", "b"], "templates": ["a photo of a {}.", "a {}."], "template_set": None}
+    body |= {
+        "status": status,
+        "build": build(status, **kw),
+        "staged": None,
+        "calibration": {"status": "none"},
+    }
+    return 200, {}, body
+
+
+FAILURE = {"code": "label_set_build_failed", "message": "building label set 's' failed: RuntimeError: broke"}
+
+
+def test_a_202_is_followed_by_gets_about_its_eta_apart_until_ready() -> None:
+    rec = Recorder(
+        accepted(3.0),
+        viewed("building", done=2, eta=12.0),  # at most 5 s apart
+        viewed("building", done=3, eta=0.05),  # at least 0.2 s
+        viewed("building", done=3, eta=None),  # no ETA: 1 s
+        viewed("ready", done=4),
+    )
+    with rec.client(admin_token="t") as c:
+        got = c.put_label_set("s", ["a", "b"], ["a photo of a {}.", "a {}."])
+    assert rec.sleeps == [3.0, 5.0, 0.2, 1.0]
+    assert [(r.method, r.url.path) for r in rec.requests] == [("PUT", "/v1/label-sets/s")] + [
+        ("GET", "/v1/label-sets/s")
+    ] * 4
+    assert all(r.url.query == b"" for r in rec.requests)  # never ?wait=true
+    assert rec.bodies()[0] == {"labels": ["a", "b"], "templates": ["a photo of a {}.", "a {}."]}
+    assert (got.name, got.label_count, got.status, got.status_url) == ("s", 2, "ready", "/v1/label-sets/s")
+    assert got.build is not None and (got.build.status, got.build.prompts_done, got.build.fraction) == (
+        "ready",
+        4,
+        1.0,
+    )
+    assert got.build.raw == {"queue": 0} and got.build.model.version == "v1"
+    assert got.embeddings is not None and (got.embeddings.source, got.embeddings.build_ms) == (
+        "encoded",
+        1500.0,
+    )
+
+
+def test_poll_s_sets_the_pace_and_wait_false_returns_the_202_at_once() -> None:
+    rec = Recorder(accepted(30.0), viewed("building", eta=30.0), viewed("ready", done=4))
+    with rec.client() as c:
+        assert c.put_label_set("s", ["a", "b"], poll_s=0.5).status == "ready"
+    assert rec.sleeps == [0.5, 0.5] and len(rec.requests) == 3
+    rec = Recorder(accepted(30.0), viewed("ready"))
+    with rec.client() as c:
+        got = c.put_label_set("s", ["a", "b"], wait=False)
+    assert rec.sleeps == [] and [r.method for r in rec.requests] == ["PUT"]
+    assert (got.status, got.status_url, got.embeddings, got.raw) == ("building", "/v1/label-sets/s", None, {})
+    assert got.build is not None and (got.build.eta_s, got.build.fraction, got.build.error) == (
+        30.0,
+        0.25,
+        None,
+    )
+
+
+def test_waiting_past_timeout_s_raises_a_timeout_error_with_the_last_progress() -> None:
+    rec = Recorder(accepted(None), viewed("building", done=2))  # building forever
+    with rec.client() as c, pytest.raises(LabelSetBuildTimeout) as e:
+        c.put_label_set("s", ["a", "b"], timeout_s=3.5)
+    assert rec.sleeps == [1.0, 1.0, 1.0, 0.5]  # the last sleep ends at the deadline, then one more GET
+    assert [r.method for r in rec.requests] == ["PUT"] + ["GET"] * 4  # no DELETE: the build goes on
+    assert isinstance(e.value, TimeoutError) and isinstance(e.value, ZeroshotError)
+    assert (e.value.code, e.value.status) == ("label_set_build_timeout", None)
+    assert "3.5 s" in e.value.message and "2 of 4 prompts" in e.value.message
+    assert e.value.build is not None and e.value.build.prompts_done == 2
+    rec = Recorder(accepted(None), viewed("ready"))
+    with rec.client() as c, pytest.raises(LabelSetBuildTimeout):
+        c.put_label_set("s", ["a", "b"], timeout_s=0)
+    assert rec.sleeps == [] and len(rec.requests) == 1
+
+
+def test_a_build_that_fails_raises_its_code_and_message() -> None:
+    rec = Recorder(accepted(2.0), viewed("building", eta=2.0), viewed("failed", error=FAILURE))
+    with rec.client() as c, pytest.raises(LabelSetBuildFailed) as e:
+        c.put_label_set("s", ["a", "b"])
+    assert (e.value.code, e.value.message, e.value.status) == (FAILURE["code"], FAILURE["message"], 409)
+    assert isinstance(e.value, ClientError) and rec.sleeps == [2.0, 2.0] and len(rec.requests) == 3
+    assert e.value.build is not None and e.value.build.error is not None
+    assert (e.value.build.status, e.value.build.error.message) == ("failed", FAILURE["message"])
+    refused = (409, {}, {"error": {**FAILURE, "detail": None}})  # it failed within the PUT's wait
+    for call in (lambda c: c.put_label_set("s", ["a"]), lambda c: c.classify(RED, label_set="s")):
+        rec = Recorder(refused, OK)
+        with rec.client() as c, pytest.raises(LabelSetBuildFailed) as e:
+            call(c)
+        assert (e.value.code, e.value.status, e.value.build) == ("label_set_build_failed", 409, None)
+        assert rec.sleeps == [] and len(rec.requests) == 1  # not retried
+
+
+def test_a_put_superseded_meanwhile_is_not_waited_for() -> None:
+    rec = Recorder((200, {}, {**SET, "status": "superseded", "build": build("superseded")}), viewed("ready"))
+    with rec.client() as c:
+        got = c.put_label_set("s", ["a", "b"])
+    assert (got.status, got.embeddings) == ("superseded", None) and got.build is not None
+    assert rec.sleeps == [] and len(rec.requests) == 1
+
+
+def test_get_label_set_shows_status_build_and_staged_and_an_older_server_reads_as_ready() -> None:
+    status, headers, body = viewed("building", done=3, eta=0.5)
+    body["staged"] = {"name": "s", "labels": 3, "templates": 2, "created_at": "2026-12-02T00:00:02+00:00"}
+    older = {k: v for k, v in body.items() if k not in ("status", "build", "staged")}
+    listed = {"label_sets": [{**SET, "status": "failed"}, {**SET, "name": "t"}]}
+    rec = Recorder((status, headers, body), (200, {}, older), (200, {}, listed))
+    with rec.client() as c:
+        got, old, sets = c.get_label_set("s"), c.get_label_set("s"), c.label_sets()
+    assert (got.status, got.labels, got.raw) == ("building", ["a", "b"], {})
+    assert got.build is not None and (got.build.prompts_done, got.build.eta_s) == (3, 0.5)
+    assert got.staged is not None and (got.staged.label_count, got.staged.templates) == (3, 2)
+    assert got.staged.status == "building"  # a newer definition being built while this one serves
+    assert (old.status, old.build, old.staged) == ("ready", None, None)
+    assert [(s.name, s.status) for s in sets] == [("s", "failed"), ("t", "ready")]
+
+
+def test_classify_naming_a_set_still_building_is_retried_after_its_retry_after() -> None:
+    def building(wait: str) -> tuple[int, dict[str, str], Any]:
+        err = {"code": "label_set_building", "message": "still being built", "detail": build("building")}
+        return 503, {"Retry-After": wait}, {"error": err}
+
+    rec = Recorder(building("4"), OK)
+    with rec.client() as c:
+        assert c.classify(RED, label_set="s").model.version == "v1"
+    assert rec.sleeps == [4.0] and len(rec.requests) == 2
+    rec = Recorder(building("60"), OK)  # past the default 30 s budget: raised at once, to decide on
+    with rec.client() as c, pytest.raises(UnavailableError) as e:
+        c.classify(RED, label_set="s")
+    assert (e.value.code, e.value.status, e.value.retry_after) == ("label_set_building", 503, 60.0)
+    assert e.value.detail["status"] == "building" and rec.sleeps == [] and len(rec.requests) == 1
+
+
+def test_the_async_client_polls_times_out_and_fails_alike() -> None:
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    async def put(rec: Recorder, **kw: Any) -> Any:
+        async with AsyncClient("http://zeroshot.test", transport=httpx.MockTransport(rec), sleep=sleep) as c:
+            try:
+                return await c.put_label_set("s", ["a", "b"], **kw)
+            except ZeroshotError as e:
+                return e
+
+    ready = asyncio.run(put(Recorder(accepted(3.0), viewed("building", eta=12.0), viewed("ready", done=4))))
+    assert ready.status == "ready" and ready.embeddings.source == "encoded" and waits == [3.0, 5.0]
+    waits.clear()
+    late = asyncio.run(put(Recorder(accepted(None), viewed("building")), timeout_s=2))
+    assert isinstance(late, LabelSetBuildTimeout) and waits == [1.0, 1.0]
+    waits.clear()
+    failed = asyncio.run(put(Recorder(accepted(None), viewed("failed", error=FAILURE)), poll_s=0.3))
+    assert isinstance(failed, LabelSetBuildFailed) and failed.code == FAILURE["code"] and waits == [0.3]
+    quick = Recorder(accepted(None))
+    assert asyncio.run(put(quick, wait=False)).status == "building" and len(quick.requests) == 1
