@@ -58,6 +58,15 @@ class FakeEncoders:
         ids = self.tokenizer.encode_batch(texts, pad_to=self.tokenizer.context_length)
         return l2_normalize(np.stack([_vector(row.tobytes(), self.embed_dim) for row in ids]))
 
+    def runtime_factory(self) -> Callable[[Settings, str], ModelRuntime]:
+        """A runtime factory whose every runtime runs on these encoders."""
+
+        def factory(settings: Settings, version: str) -> ModelRuntime:
+            rt = fake_runtime(settings, version)
+            return ModelRuntime(rt.name, rt.version, rt.sha, rt.logit_scale, self, rt.manifest)
+
+        return factory
+
 
 def fake_runtime(settings: Settings, version: str) -> ModelRuntime:
     """The runtime factory of the fake: any version named by CURRENT loads, instantly."""
@@ -86,15 +95,6 @@ class GatedEncoders(FakeEncoders):
         self.entered.set()
         assert self.release.wait(self.timeout_s), "the test never released the encoder"
         return super().encode_images(pixel_values)
-
-    def runtime_factory(self) -> Callable[[Settings, str], ModelRuntime]:
-        """A runtime factory whose every runtime runs on these encoders."""
-
-        def factory(settings: Settings, version: str) -> ModelRuntime:
-            rt = fake_runtime(settings, version)
-            return ModelRuntime(rt.name, rt.version, rt.sha, rt.logit_scale, self, rt.manifest)
-
-        return factory
 
 
 def fake_settings(tmp: Path, version: str = "fake-1", **kw: Any) -> Settings:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,6 @@ from PIL import Image
 
 from app.main import create_app
 from app.runtime.label_sets import LabelSetStore
-from app.runtime.model import ModelRuntime
-from app.settings import Settings
 from model.bundle.prompts import resolve_templates
 from model.bundle.zeroshot import label_matrix
 from tests.fakes import FakeEncoders, fake_runtime, fake_settings
@@ -47,13 +45,6 @@ class TextGate(FakeEncoders):
             assert self.release.wait(20), "the test never released the text encoder"
         return super().encode_texts(texts, batch_size, pad_to)
 
-    def factory(self) -> Callable[[Settings, str], ModelRuntime]:
-        def make(settings: Settings, version: str) -> ModelRuntime:
-            rt = fake_runtime(settings, version)
-            return ModelRuntime(rt.name, rt.version, rt.sha, rt.logit_scale, self, rt.manifest)
-
-        return make
-
 
 def png() -> bytes:
     buf = io.BytesIO()
@@ -79,7 +70,7 @@ def wait_status(c: TestClient, name: str, status: str, timeout_s: float = 20) ->
 
 
 def app_with(tmp: Path, enc: TextGate, **kw: Any) -> Any:
-    return create_app(fake_settings(tmp, admin_token=TOKEN, **kw), enc.factory())
+    return create_app(fake_settings(tmp, admin_token=TOKEN, **kw), enc.runtime_factory())
 
 
 def test_a_replaced_set_serves_its_previous_version_until_the_new_one_is_built(tmp_path: Path) -> None:
@@ -131,7 +122,7 @@ def test_a_staged_set_left_by_a_killed_server_is_built_at_the_next_start(tmp_pat
     store.stage(store.define("s", V1, templates, "synthetic"))  # what a server killed mid-build leaves
     (settings.label_sets_dir / "s.0123456789abcdef.0123456789abcdef.npy.tmp-1").write_bytes(b"half")
     enc = TextGate()
-    with TestClient(create_app(settings, enc.factory())) as c:
+    with TestClient(create_app(settings, enc.runtime_factory())) as c:
         view = wait_status(c, "s", "ready")
         assert view["labels"] == V1
         r = classify(c, "s")
@@ -179,7 +170,7 @@ def test_a_hot_reload_builds_the_registered_sets_before_the_swap(
 ) -> None:
     enc = TextGate()
     settings = fake_settings(tmp_path, admin_token=TOKEN)
-    with TestClient(create_app(settings, enc.factory())) as c:
+    with TestClient(create_app(settings, enc.runtime_factory())) as c:
         assert c.put("/v1/label-sets/s", json={"labels": V1}, headers=ADMIN).json()["status"] == "ready"
         (settings.models_dir / "default" / "CURRENT").write_text("fake-2\n")
         engine = c.app.state.engine  # type: ignore[attr-defined]
@@ -213,7 +204,7 @@ def test_a_hot_reload_builds_the_registered_sets_before_the_swap(
 def test_a_hot_reload_under_load_with_a_registered_set_fails_no_request(tmp_path: Path) -> None:
     enc = TextGate()
     settings = fake_settings(tmp_path, admin_token=TOKEN)
-    with TestClient(create_app(settings, enc.factory())) as c:
+    with TestClient(create_app(settings, enc.runtime_factory())) as c:
         body = {"labels": [f"object number {i}" for i in range(200)], "templates": "imagenet7"}
         assert c.put("/v1/label-sets/s", json=body, headers=ADMIN).json()["status"] == "ready"
         engine = c.app.state.engine  # type: ignore[attr-defined]

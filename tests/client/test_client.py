@@ -19,9 +19,7 @@ import pytest
 from PIL import Image
 
 from app.main import create_app
-from app.runtime.model import ModelRuntime
-from app.settings import Settings
-from tests.fakes import FakeEncoders, fake_app, fake_runtime, fake_settings
+from tests.fakes import FakeEncoders, fake_app, fake_settings
 from tests.servers import live_server
 from zeroshot_client import (
     AsyncClient,
@@ -268,13 +266,6 @@ class GatedTexts(FakeEncoders):
             assert self.release.wait(20), "the test never released the text encoder"
         return super().encode_texts(texts, batch_size, pad_to)
 
-    def factory(self) -> Callable[[Settings, str], ModelRuntime]:
-        def make(settings: Settings, version: str) -> ModelRuntime:
-            rt = fake_runtime(settings, version)
-            return ModelRuntime(rt.name, rt.version, rt.sha, rt.logit_scale, self, rt.manifest)
-
-        return make
-
 
 def test_a_set_still_building_is_refused_then_waited_for_by_polling(tmp_path: Path) -> None:
     enc, slept, labels = GatedTexts(), [], ["gated cat", "gated dog"]
@@ -285,7 +276,7 @@ def test_a_set_still_building_is_refused_then_waited_for_by_polling(tmp_path: Pa
         time.sleep(seconds)
 
     with (
-        live_server(settings, create_app(settings, enc.factory())) as url,
+        live_server(settings, create_app(settings, enc.runtime_factory())) as url,
         Client(url, admin_token=ADMIN, retries=None, sleep=sleep) as c,
     ):
         early = c.put_label_set("gated", labels, wait=False)
