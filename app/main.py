@@ -4,6 +4,7 @@ tests pass a fake encoder). Torch-free."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -36,7 +37,8 @@ def create_app(settings: Settings | None = None, runtime_factory: RuntimeFactory
     settings = settings or Settings()
     engine = Engine(settings, runtime_factory)
     telemetry = Metrics(engine)
-    engine.batcher.on_batch = telemetry.on_batch
+    for served in engine.models:  # batch histograms carry the model's name
+        served.batcher.on_batch = functools.partial(telemetry.on_batch, served.name)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -1,5 +1,6 @@
 """Prometheus metrics: requests by route and status, latency, batch sizes, queue depth, label cache,
-model version. One registry per app, so tests (and several apps in one process) never share counts."""
+model version. What belongs to one model (its queue, its batches, its version, its reload) carries a
+`model` label. One registry per app, so tests (and several apps in one process) never share counts."""
 
 from __future__ import annotations
 
@@ -23,28 +24,54 @@ class _State(Collector):
     """Values read at scrape time from the objects that own them."""
 
     def __init__(self, engine: Engine) -> None:
-        self.holder, self.batcher, self.cache = engine.holder, engine.batcher, engine.cache
+        self.models, self.cache = engine.models, engine.cache
         self.text_lane = engine.text_lane
         self.engine = engine
 
-    def _counters(self, lane: dict[str, int | float]) -> list[tuple[str, str, float]]:
-        """(name, help, value) of every counter, read at scrape time."""
-        return [
-            (
-                "zeroshot_queue_rejected",
-                "requests refused with 503 because the queue was full",
-                self.batcher.rejected,
-            ),
+    def _per_model(self) -> Iterable[Metric]:
+        """The queue counters and gauges of each model's batcher, labelled by model."""
+        counters = (
+            ("zeroshot_queue_rejected", "requests refused with 503 because the queue was full", "rejected"),
             (
                 "zeroshot_queue_expired",
                 "requests dropped after their deadline passed in the queue",
-                self.batcher.expired,
+                "expired",
             ),
             (
                 "zeroshot_queue_cancelled",
                 "queued image batches dropped unencoded because their client went away",
-                self.batcher.cancelled,
+                "cancelled",
             ),
+        )
+        for name, doc, attr in counters:
+            c = CounterMetricFamily(name, doc, labels=["model"])
+            for m in self.models:
+                c.add_metric([m.name], getattr(m.batcher, attr))
+            yield c
+        q = GaugeMetricFamily(
+            "zeroshot_queue_depth", "images admitted and waiting for the image encoder", labels=["model"]
+        )
+        info = GaugeMetricFamily(
+            "zeroshot_model_info",
+            "the bundle served (value 1)",
+            labels=["model", "name", "version", "sha256", "provider"],
+        )
+        up = GaugeMetricFamily("zeroshot_model_loaded", "1 when a model is loaded and warm", labels=["model"])
+        err = GaugeMetricFamily(
+            "zeroshot_reload_failing", "1 while the last reload attempt failed", labels=["model"]
+        )
+        for m in self.models:
+            q.add_metric([m.name], m.batcher.pending)
+            rt = m.holder.runtime
+            if rt is not None:
+                info.add_metric([m.name, rt.name, rt.version, rt.sha, rt.encoders.provider], 1)
+            up.add_metric([m.name], 0 if rt is None else 1)
+            err.add_metric([m.name], 1 if (rt is not None and m.holder.error) else 0)
+        yield from (q, info, up, err)
+
+    def _counters(self, lane: dict[str, int | float]) -> list[tuple[str, str, float]]:
+        """(name, help, value) of every counter shared by the models, read at scrape time."""
+        return [
             ("zeroshot_label_cache_hits", "labels found in the label-embedding cache", self.cache.hits),
             ("zeroshot_label_cache_misses", "labels that had to be encoded", self.cache.misses),
             (
@@ -67,9 +94,7 @@ class _State(Collector):
 
     def collect(self) -> Iterable[Metric]:
         lane = self.text_lane.stats()  # one read under the lane's lock
-        q = GaugeMetricFamily("zeroshot_queue_depth", "images admitted and waiting for the image encoder")
-        q.add_metric([], self.batcher.pending)
-        yield q
+        yield from self._per_model()
         for name, doc, value in self._counters(lane):
             c = CounterMetricFamily(name, doc)
             c.add_metric([], value)
@@ -80,21 +105,6 @@ class _State(Collector):
         b = GaugeMetricFamily("zeroshot_label_cache_bytes", "bytes held by the label-embedding cache")
         b.add_metric([], self.cache.bytes)
         yield b
-        info = GaugeMetricFamily(
-            "zeroshot_model_info",
-            "the bundle served (value 1)",
-            labels=["name", "version", "sha256", "provider"],
-        )
-        rt = self.holder.runtime
-        if rt is not None:
-            info.add_metric([rt.name, rt.version, rt.sha, rt.encoders.provider], 1)
-        yield info
-        up = GaugeMetricFamily("zeroshot_model_loaded", "1 when a model is loaded and warm")
-        up.add_metric([], 0 if rt is None else 1)
-        yield up
-        err = GaugeMetricFamily("zeroshot_reload_failing", "1 while the last reload attempt failed")
-        err.add_metric([], 1 if (rt is not None and self.holder.error) else 0)
-        yield err
 
 
 class Metrics:
@@ -124,27 +134,30 @@ class Metrics:
         self.batch_size = Histogram(
             "zeroshot_batch_size",
             "images per image-encoder call",
+            ["model"],
             buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
         self.queue_wait = Histogram(
             "zeroshot_queue_wait_seconds",
             "time the oldest image of a batch waited",
+            ["model"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.encode_time = Histogram(
             "zeroshot_image_encode_seconds",
             "image-encoder time per batch",
+            ["model"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.registry.register(_State(engine))
 
-    def on_batch(self, n: int, waited_s: float, run_s: float) -> None:
-        self.batch_size.observe(n)
-        self.queue_wait.observe(waited_s)
-        self.encode_time.observe(run_s)
+    def on_batch(self, model: str, n: int, waited_s: float, run_s: float) -> None:
+        self.batch_size.labels(model).observe(n)
+        self.queue_wait.labels(model).observe(waited_s)
+        self.encode_time.labels(model).observe(run_s)
 
 
 class MetricsMiddleware:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -11,6 +12,8 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from model.bundle.preprocess import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # a folder under models_dir, never a path
 
 
 def _split(v: object) -> object:
@@ -26,6 +29,11 @@ class Settings(BaseSettings):
     # the model
     models_dir: Path = Field(default=Path("models"), description="folder that holds models/<name>/CURRENT")
     model_name: str = Field(default="default", description="which model folder to serve")
+    models: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="model folders served at once (comma list; the first is the default a request "
+        "without `model` gets); empty: model_name alone",
+    )
     device: Literal["auto", "cuda", "cpu"] = Field(
         default="auto", description="auto: CUDA when onnxruntime offers it and a GPU answers, else CPU"
     )
@@ -163,6 +171,25 @@ class Settings(BaseSettings):
             except ValueError as e:
                 raise ValueError(f"url_allow: {e}") from None
         return v
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _model_names(cls, v: object) -> object:
+        v = _split(v)
+        if isinstance(v, list | tuple):
+            names = tuple(str(n) for n in v)
+            bad = [n for n in names if not MODEL_NAME.match(n)]
+            if bad:
+                raise ValueError(f"models: {bad[0]!r} is not a model folder name (letters, digits, . _ -)")
+            if len(set(names)) != len(names):
+                raise ValueError(f"models: a name is given twice in {', '.join(names)}")
+            return names
+        return v
+
+    @property
+    def served_models(self) -> tuple[str, ...]:
+        """The model folders served, the default first."""
+        return self.models or (self.model_name,)
 
     @field_validator("admin_token", mode="before")
     @classmethod

@@ -66,7 +66,7 @@ def main() -> None:
             max_wait_ms=0,
         )
         with TestClient(create_app(s)) as c:
-            rt = c.app.state.engine.holder.runtime  # type: ignore[attr-defined]
+            rt = c.app.state.engine.models.default.holder.runtime  # type: ignore[attr-defined]
             cache = c.app.state.engine.cache  # type: ignore[attr-defined]
             pixels = np.zeros(
                 (1, 3, rt.encoders.preprocess.image_size, rt.encoders.preprocess.image_size), np.float32

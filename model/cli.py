@@ -143,10 +143,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise CliError(f"{e.name} is not installed: pip install -e '.[server]'") from None
     from model.bundle.format import current_bundle
 
-    given = {"models_dir": args.models, "model_name": args.model}
+    given = {"models_dir": args.models, "models": args.model}
     settings = Settings(**{k: v for k, v in given.items() if v is not None})  # flags over ZEROSHOT_*
     # a missing model is a one-line error here, not a server that answers 503
-    current_bundle(settings.models_dir / settings.model_name, verify_hashes=False)
+    for name in settings.served_models:
+        current_bundle(settings.models_dir / name, verify_hashes=False)
     serve(settings, args.host, args.port)
 
 
@@ -272,7 +273,11 @@ def _serve_parser(sub: Subparsers) -> None:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=port, default=8000)
     s.add_argument("--models", help="models folder (default: $ZEROSHOT_MODELS_DIR or models)")
-    s.add_argument("--model", help="model name (default: $ZEROSHOT_MODEL_NAME or default)")
+    s.add_argument(
+        "--model",
+        help="model folder(s) to serve, comma list, the first the default "
+        "(default: $ZEROSHOT_MODELS, else $ZEROSHOT_MODEL_NAME, else default)",
+    )
     s.set_defaults(func=cmd_serve)
 
 

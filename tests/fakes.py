@@ -58,24 +58,24 @@ class FakeEncoders:
         ids = self.tokenizer.encode_batch(texts, pad_to=self.tokenizer.context_length)
         return l2_normalize(np.stack([_vector(row.tobytes(), self.embed_dim) for row in ids]))
 
-    def runtime_factory(self) -> Callable[[Settings, str], ModelRuntime]:
+    def runtime_factory(self) -> Callable[[Settings, str, str], ModelRuntime]:
         """A runtime factory whose every runtime runs on these encoders."""
 
-        def factory(settings: Settings, version: str) -> ModelRuntime:
-            rt = fake_runtime(settings, version)
+        def factory(settings: Settings, name: str, version: str) -> ModelRuntime:
+            rt = fake_runtime(settings, name, version)
             return ModelRuntime(rt.name, rt.version, rt.sha, rt.logit_scale, self, rt.manifest)
 
         return factory
 
 
-def fake_runtime(settings: Settings, version: str) -> ModelRuntime:
+def fake_runtime(settings: Settings, name: str, version: str) -> ModelRuntime:
     """The runtime factory of the fake: any version named by CURRENT loads, instantly."""
     manifest = {
         "created_at": "2026-12-02T00:00:00+00:00",
         "architecture": {"embed_dim": FAKE_DIM, "image_size": FAKE_SIZE, "context_length": 77},
     }
-    sha = hashlib.sha256(f"fake/{settings.model_name}/{version}".encode()).hexdigest()
-    return ModelRuntime(settings.model_name, version, sha, 100.0, FakeEncoders(), manifest)
+    sha = hashlib.sha256(f"fake/{name}/{version}".encode()).hexdigest()
+    return ModelRuntime(name, version, sha, 100.0, FakeEncoders(), manifest)
 
 
 class GatedEncoders(FakeEncoders):

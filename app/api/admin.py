@@ -15,10 +15,12 @@ router = APIRouter()
 
 @router.post(
     "/v1/admin/reload",
-    summary="Load the CURRENT bundle now, if it changed",
+    summary="Load each model's CURRENT bundle now, if it changed (`?model=` for one)",
     dependencies=[Admin],
-    responses={**ERRORS, 409: {"description": "the new bundle was refused; the old one keeps serving"}},
+    responses={**ERRORS, 409: {"description": "a new bundle was refused; the old one keeps serving"}},
 )
-async def reload(engine: EngineDep) -> dict[str, Any]:
-    result = await engine.reload()
-    return {"changed": result.changed, "version": result.version}
+async def reload(engine: EngineDep, model: str | None = None) -> dict[str, Any]:
+    results = await engine.reload(model)
+    first = next(iter(results.values()))  # the default's (or the one named): the one-model shape
+    per_model = {n: {"changed": r.changed, "version": r.version} for n, r in results.items()}
+    return {"changed": first.changed, "version": first.version, "models": per_model}

@@ -38,6 +38,8 @@ from app.api.schemas import (
     MIN_NEGLABEL_DOC,
     MIN_PROBABILITY_DOC,
     MODE_DOC,
+    MODEL_DOC,
+    MODEL_NAME,
     ON_ERROR_DOC,
     ONE_OF_LABELS,
     TEMPLATES_DOC,
@@ -77,6 +79,7 @@ MULTIPART_SCHEMA = {
         "min_probability": {"type": "number", "minimum": 0, "maximum": 1, "description": MIN_PROBABILITY_DOC},
         "min_cosine": {"type": "number", "minimum": -1, "maximum": 1, "description": MIN_COSINE_DOC},
         "min_neglabel": {"type": "number", "minimum": 0, "maximum": 1, "description": MIN_NEGLABEL_DOC},
+        "model": {"type": "string", **MODEL_NAME, "description": MODEL_DOC},
     },
 }
 
@@ -127,7 +130,8 @@ async def parse(request: Request, s: Settings) -> ClassifyRequest:
             images = await uploaded_images(items, s, urls)
         options = parse_answer(lambda name: text_field(form, name))
         top_k = parse_top_k(form.get("top_k"))
-        return ClassifyRequest(images, query, top_k, on_error, client_id(request), options)
+        model = text_field(form, "model")
+        return ClassifyRequest(images, query, top_k, on_error, client_id(request), options, model)
     body = await read_json(request, ClassifyJson)
     labels = None if body.labels is None else check_labels(body.labels, s.max_labels_per_request)
     query = LabelQuery(labels=labels, label_set=body.label_set, templates=body.templates)
@@ -137,7 +141,8 @@ async def parse(request: Request, s: Settings) -> ClassifyRequest:
     else:
         images = base64_images(body.images, s)
     options = parse_answer(lambda name: getattr(body, name))
-    return ClassifyRequest(images, query, parse_top_k(body.top_k), on_error, client_id(request), options)
+    top_k = parse_top_k(body.top_k)
+    return ClassifyRequest(images, query, top_k, on_error, client_id(request), options, body.model)
 
 
 def to_json(result: ClassifyResult) -> dict[str, Any]:

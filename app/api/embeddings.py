@@ -7,11 +7,29 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from app.api.auth import ApiKey, client_id
-from app.api.body import JSON, MULTIPART, base64_images, body_kind, read_form, read_json, uploaded_images
+from app.api.body import (
+    JSON,
+    MULTIPART,
+    base64_images,
+    body_kind,
+    read_form,
+    read_json,
+    text_field,
+    uploaded_images,
+)
 from app.api.deps import EngineDep, SettingsDep
 from app.api.disconnect import unless_disconnected
 from app.api.fields import check_labels
-from app.api.schemas import ERRORS, IMAGE_ENCODING, IMAGE_URL_DOC, EmbeddingsResponse, ImagesJson, TextsJson
+from app.api.schemas import (
+    ERRORS,
+    IMAGE_ENCODING,
+    IMAGE_URL_DOC,
+    MODEL_DOC,
+    MODEL_NAME,
+    EmbeddingsResponse,
+    ImagesJson,
+    TextsJson,
+)
 from app.runtime.engine import Embeddings
 
 router = APIRouter(dependencies=[ApiKey])
@@ -21,6 +39,7 @@ IMAGES_MULTIPART = {
     "properties": {
         "image": {"type": "array", "items": {"type": "string", "format": "binary"}},
         "image_url": {"type": "array", "items": {"type": "string"}, "description": IMAGE_URL_DOC},
+        "model": {"type": "string", **MODEL_NAME, "description": MODEL_DOC},
     },
 }
 
@@ -45,9 +64,11 @@ async def image_embeddings(request: Request, engine: EngineDep, s: SettingsDep) 
         if body_kind(request, MULTIPART, JSON) == MULTIPART:
             form = await read_form(request, s)
             files = await uploaded_images(form.getlist("image"), s, form.getlist("image_url"))
+            model = text_field(form, "model")
         else:
-            files = base64_images((await read_json(request, ImagesJson)).images, s)
-        return to_json(await unless_disconnected(request, engine.embed_images(files, ticket)))
+            body = await read_json(request, ImagesJson)
+            files, model = base64_images(body.images, s), body.model
+        return to_json(await unless_disconnected(request, engine.embed_images(files, ticket, model)))
 
 
 @router.post(
@@ -63,7 +84,7 @@ async def text_embeddings(request: Request, engine: EngineDep, s: SettingsDep) -
     body_kind(request, JSON)
     body = await read_json(request, TextsJson)
     texts = check_labels(body.texts, s.max_labels_per_request, what="text")
-    work = engine.embed_texts(texts, body.templates, client_id(request))
+    work = engine.embed_texts(texts, body.templates, client_id(request), body.model)
     return to_json(await unless_disconnected(request, work))
 
 

@@ -21,12 +21,20 @@ async def healthz(engine: EngineDep) -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="A model is loaded and warm (503 otherwise)", responses=ERRORS)
+@router.get(
+    "/readyz", summary="Every model served is loaded and warm (503 naming those not)", responses=ERRORS
+)
 async def readyz(engine: EngineDep) -> dict[str, str]:
-    engine.ready()  # 503 draining, or model_unavailable with the reason until a model is loaded and warm
+    # 503 draining; model_unavailable, detail.not_ready naming each model not loaded and why; encoder_stalled
+    engine.ready()
     return {"status": "ready"}
 
 
-@router.get("/v1/models", summary="The bundle served", dependencies=[ApiKey], responses=ERRORS)
+@router.get(
+    "/v1/models",
+    summary="The models served: the default's fields at the top, every model under `models`",
+    dependencies=[ApiKey],
+    responses=ERRORS,
+)
 async def models(engine: EngineDep) -> dict[str, Any]:
     return engine.describe()

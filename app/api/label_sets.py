@@ -29,10 +29,13 @@ async def list_sets(engine: EngineDep) -> dict[str, Any]:
 
 
 @router.get(
-    "/v1/label-sets/{name}", summary="One label set, with its labels", dependencies=[ApiKey], responses=ERRORS
+    "/v1/label-sets/{name}",
+    summary="One label set, with its labels (and its calibration for `?model=`, default the first)",
+    dependencies=[ApiKey],
+    responses=ERRORS,
 )
-async def get_set(name: str, engine: EngineDep) -> dict[str, Any]:
-    view, calibration = await engine.get_label_set(name)
+async def get_set(name: str, engine: EngineDep, model: str | None = None) -> dict[str, Any]:
+    view, calibration = await engine.get_label_set(name, model)
     staged = None if view.staged is None else view.staged.summary()
     return {
         **view.label_set.to_json(),
@@ -93,7 +96,7 @@ async def delete_set(name: str, engine: EngineDep) -> dict[str, Any]:
 
 @router.post(
     "/v1/label-sets/{name}/calibration",
-    summary="Calibrate a label set for the model served, from labelled images",
+    summary="Calibrate a label set for a model served (`model`, default the first), from labelled images",
     description="Needs the admin token. Fits the softmax temperature, each label's multi-mode sigmoid and "
     "the abstain rule, stores them beside the set and uses them for every request naming it; a new model "
     "makes them stale until the set is calibrated again. `zeroshot calibrate` does the same from a folder.",
@@ -118,5 +121,5 @@ async def calibrate(request: Request, name: str, engine: EngineDep, s: SettingsD
         parse_threshold(body.target_precision, "target_precision", 0.0, 1.0),
         parse_threshold(body.target_fpr, "target_fpr", 0.0, 1.0),
     )
-    fit = await engine.calibrate(name, files, [x.label for x in body.images], target)
+    fit = await engine.calibrate(name, files, [x.label for x in body.images], target, body.model)
     return {"name": name, "calibration": {"status": "fitted", **fit.to_json()}}

@@ -101,13 +101,14 @@ async def embeddings(request: Request, engine: EngineDep, s: SettingsDep) -> JSO
     tokens = 0
     if texts:
         t = await unless_disconnected(
-            request, engine.embed_texts(list(texts.values()), None, client_id(request))
+            request, engine.embed_texts(list(texts.values()), None, client_id(request), body.model)
         )
         tokens = t.tokens
         place(rows, list(texts), t)
     if images:
-        with engine.admit() as ticket:
-            i = await unless_disconnected(request, engine.embed_images(list(images.values()), ticket))
+        with engine.admit(body.model) as ticket:
+            work = engine.embed_images(list(images.values()), ticket, body.model)
+            i = await unless_disconnected(request, work)
         place(rows, list(images), i)
     data = [{"object": "embedding", "index": n, "embedding": encode(r, fmt)} for n, r in enumerate(rows)]
     usage = {"prompt_tokens": tokens, "total_tokens": tokens}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict, JsonValue
 
@@ -69,6 +71,16 @@ MIN_NEGLABEL_DOC = (
     "labels when 3,000 lexicon words far from them are added as negative labels"
 )
 
+MODEL_DOC = (
+    "the model to run on: one of those GET /v1/models lists (ZEROSHOT_MODELS); default: the first. "
+    "404 model_not_found, naming those served, for any other"
+)
+MODEL_NAME: JsonDict = {"maxLength": 64}
+
+
+def model_field() -> Any:
+    return Field(default=None, description=MODEL_DOC, json_schema_extra=MODEL_NAME)
+
 
 class ImageRef(BaseModel):
     """An image given by URL: http(s), fetched by the server when allowed, or a data: URL."""
@@ -118,11 +130,13 @@ class ClassifyJson(BaseModel):
         description=MIN_NEGLABEL_DOC,
         json_schema_extra={"minimum": 0, "maximum": 1},
     )
+    model: str | None = model_field()
 
 
 class ImagesJson(BaseModel):
     model_config = ConfigDict(extra="forbid")
     images: list[str | ImageRef] = Field(description=IMAGES_DOC, json_schema_extra=IMAGE_ITEM)
+    model: str | None = model_field()
 
 
 class TextsJson(BaseModel):
@@ -136,6 +150,7 @@ class TextsJson(BaseModel):
         description="if given, each text is a label put into every template and the features averaged "
         "(prompt ensembling); if not, each text is encoded as it is",
     )
+    model: str | None = model_field()
 
 
 class LabelSetPut(BaseModel):
@@ -167,6 +182,11 @@ class CalibrationPost(BaseModel):
     )
     images: list[LabelledImage] = Field(
         description="labelled images: a few per label, and some that are none"
+    )
+    model: str | None = Field(
+        default=None,
+        description="the model to calibrate the set for (default: the first served)",
+        json_schema_extra=MODEL_NAME,
     )
     target_precision: float | None = Field(
         default=None,

@@ -152,26 +152,40 @@ class ImageBatcher:
 
     @contextlib.contextmanager
     def announce(self) -> Iterator[Announcement]:
+        """`admit` a request for the length of the block (then `release` it)."""
+        a = self.admit()
+        try:
+            yield a
+        finally:
+            self.release(a)
+
+    def admit(self) -> Announcement:
         """Admit a request at the door and mark it as on its way (reading and decoding its images)
-        until it submits or fails. Refused with QueueFull, before its body is read, when the images
-        queued plus the requests on their way fill the queue: so the work a server accepts is
+        until it submits or is released. Refused with QueueFull, before its body is read, when the
+        images queued plus the requests on their way fill the queue: so the work a server accepts is
         bounded end to end, not only at the encoder. A batch waits up to max_wait_ms for more only
         while requests are on their way, so a lone request never waits for company that is not
         coming. Call from the event loop only."""
-        if self._pending + self._incoming >= self.max_queue:  # each request counts one image at least
+        if self.room <= 0:  # each request counts one image at least
             self.rejected += 1
             raise QueueFull(
                 f"the server is busy: {self._pending} images are queued and {self._incoming} requests "
                 f"on their way; the queue holds {self.max_queue}; retry later"
             )
-        a = Announcement()
         self._incoming += 1
-        try:
-            yield a
-        finally:
-            if not a.done:
-                a.done = True
-                self._incoming -= 1
+        return Announcement()
+
+    def release(self, a: Announcement) -> None:
+        """A request admitted and not submitted is no longer on its way (it failed, or moved to
+        another model's batcher). Call from the event loop only."""
+        if not a.done:
+            a.done = True
+            self._incoming -= 1
+
+    @property
+    def room(self) -> int:
+        """Requests the door would still admit now."""
+        return self.max_queue - self._pending - self._incoming
 
     async def wait(self, items: list[_Item]) -> np.ndarray:
         """The features of submitted items, in order: [n, E]."""

@@ -1,9 +1,10 @@
 """The engine: the one object the routes call.
 
-It owns the model holder (hot reload), the image micro-batcher, the label-embedding cache and the
-label-set store, and runs every request from parsed input to a typed result: routes parse HTTP, call
-one method here and map what it returns (or raises: app/runtime/errors.py) to HTTP. Nothing here
-knows HTTP. See docs/architecture.md for one request's path through it.
+It owns the models served (app/runtime/served.py: each with its hot reload and its image
+micro-batcher), the label-embedding cache and the label-set store they share, and runs every request
+from parsed input to a typed result: routes parse HTTP, call one method here and map what it returns
+(or raises: app/runtime/errors.py) to HTTP. Nothing here knows HTTP. See docs/architecture.md for one
+request's path through it.
 """
 
 from __future__ import annotations
@@ -20,16 +21,13 @@ from typing import Any, Literal
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from app.runtime.batcher import Announcement, ImageBatcher
+from app.runtime.batcher import Announcement
 from app.runtime.calibrations import CalibrationStore
 from app.runtime.errors import (
     Draining,
     ImageFailure,
     InvalidRequest,
-    ModelNotFound,
-    ModelUnavailable,
     ReloadFailed,
-    Stalled,
 )
 from app.runtime.images import decode_images, decode_some
 from app.runtime.label_cache import LabelCache
@@ -45,7 +43,8 @@ from app.runtime.labels import (
 from app.runtime.lexicon import Lexicon
 from app.runtime.model import ModelRuntime, RuntimeFactory, load_runtime
 from app.runtime.quotas import ANONYMOUS, Quotas
-from app.runtime.reload import ModelHolder, ReloadResult, watch
+from app.runtime.reload import ReloadResult
+from app.runtime.served import ModelSet, ServedModel
 from app.runtime.set_builds import Build, SetBuilds, SetView
 from app.runtime.text_lane import TextLane
 from app.runtime.url_fetch import ImageUrl, UrlFetcher, policy_from
@@ -58,11 +57,13 @@ from model.bundle.prompts import DEFAULT_SET, TEMPLATE_SETS, resolve_templates
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Ticket:
     """A request admitted at the door: the model it runs on from now to its answer, and its place
-    among the requests on their way to the batcher."""
+    among the requests on their way to that model's batcher. Admitted before its body is read, on the
+    model with the most room; moved to the model the body names once it is parsed (`Engine._route`)."""
 
+    served: ServedModel
     runtime: ModelRuntime
     announcement: Announcement
 
@@ -83,6 +84,7 @@ class ClassifyRequest:
     answer: AnswerOptions = field(
         default_factory=AnswerOptions
     )  # mode and abstain thresholds (model/bundle/answers.py)
+    model: str | None = None  # the model served to run it on; None: the default (the first configured)
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,6 @@ class Engine:
         self.settings = settings
         self.cache = LabelCache(settings.label_cache_bytes)
         self.text_lane = TextLane(settings.text_slice_ms)  # every prompt encoded goes through it
-        self.batcher = ImageBatcher(settings.max_batch, settings.max_wait_ms, settings.max_queue)
         self.label_sets = LabelSetStore(settings.label_sets_dir)
         self.budget = PromptBudget(settings.max_templates_per_request, settings.max_prompts_per_request)
         self.set_budget = PromptBudget(
@@ -121,104 +122,101 @@ class Engine:
         self.matrices = LabelMatrices(self.cache, self.label_sets, self.budget, self.text_lane)
         self.lexicon = Lexicon(settings.label_sets_dir, self.text_lane)  # negative labels, per bundle
         self.calibrations = CalibrationStore(settings.label_sets_dir)
-        self.builds = SetBuilds(self.label_sets, self.matrices, self.lexicon)  # background set builds
-        # a new model is swapped in once the registered sets are built for it; staged ones then build
-        self.holder = ModelHolder(settings, factory, self.builds.prepare, self.builds.resume)
+        # background set builds, for every model loaded
+        self.builds = SetBuilds(self.label_sets, self.matrices, self.lexicon, lambda: self.models.loaded())
+        self.models = ModelSet(settings, factory, self.builds)
         self.quotas = Quotas(settings)
         self.urls = UrlFetcher(policy_from(settings))  # images given by URL (off unless turned on)
         self.draining = False  # set on SIGTERM and at shutdown: readiness fails from then on
         self.ruled = self.abstained = 0  # answers an abstain rule judged, and those it refused (/metrics)
-        self._watcher: asyncio.Task[None] | None = None
 
     # --- lifecycle ---
     async def start(self) -> None:
-        """Start the batcher, load and warm the model (not ready before), start watching CURRENT."""
-        self.batcher.start()
-        result = await run_in_threadpool(self.holder.reload)
-        if result.error:
-            log.error("no model loaded: %s", result.error)
-        if self.settings.reload_interval_s:
-            self._watcher = asyncio.create_task(watch(self.holder, self.settings.reload_interval_s))
+        """Load and warm every model, the default first (not ready before), and watch their CURRENT."""
+        for m in self.models:
+            await m.start()
 
     async def stop(self) -> None:
-        """Fail readiness, stop watching, answer what is queued, stop the batcher."""
+        """Fail readiness, stop watching, answer what is queued, stop the batchers."""
         self.draining = True
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-        await run_in_threadpool(self.batcher.close)
+        for m in self.models:
+            await m.stop()
 
-    # --- the model served ---
-    def runtime(self) -> ModelRuntime:
-        """The runtime at the time of the call: a reload swaps the holder's, never a request's."""
-        rt = self.holder.runtime
-        if rt is None:
-            raise ModelUnavailable("no model is loaded", self.holder.error)
-        return rt
+    # --- the models served ---
+    def runtime(self, model: str | None = None) -> ModelRuntime:
+        """The runtime of the model named (None: the default) at the time of the call: a reload swaps
+        the holder's, never a request's. ModelNotFound or ModelUnavailable otherwise."""
+        return self.models.get(model).runtime()
 
     def model_named(self, name: str) -> ModelRuntime:
         """The runtime of the model a request names; ModelNotFound (listing those served) otherwise."""
-        rt = self.runtime()
-        if name != rt.name:
-            raise ModelNotFound(
-                f"model {name[:100]!r} is not served here; served: {rt.name}", {"models": [rt.name]}
-            )
-        return rt
+        return self.runtime(name)
 
     def ready(self) -> None:
-        """Raise unless the server should be sent work: a model loaded and warm, not draining, the
-        image encoder not stuck in one call for longer than watchdog_ready_s."""
+        """Raise unless the server should be sent work: every model loaded and warm, not draining, no
+        image encoder stuck in one call for longer than watchdog_ready_s."""
         if self.draining:
             raise Draining("the server is shutting down")
-        self.runtime()
-        self._watchdog(self.settings.watchdog_ready_s)
+        self.models.ready(self.settings.watchdog_ready_s)
 
     def alive(self) -> None:
-        """Raise if the process should be restarted: the batcher's worker is gone, or one encoder
-        call has run longer than watchdog_live_s (a hung call never gives its thread back)."""
-        if not self.batcher.alive:
-            raise Stalled("the image-encoder worker thread has stopped")
-        self._watchdog(self.settings.watchdog_live_s)
-
-    def _watchdog(self, limit_s: float) -> None:
-        running = self.batcher.running()
-        if limit_s and running is not None and running[0] > limit_s:
-            seconds, images = running
-            raise Stalled(
-                f"the image encoder has been running one batch of {images} images for {seconds:.0f} s "
-                f"(limit {limit_s:g} s)",
-                {"running_s": round(seconds, 1), "images": images, "limit_s": limit_s},
-            )
+        """Raise if the process should be restarted: a batcher's worker is gone, or one encoder call
+        has run longer than watchdog_live_s (a hung call never gives its thread back)."""
+        self.models.alive(self.settings.watchdog_live_s)
 
     def describe(self) -> dict[str, Any]:
-        """GET /v1/models: the model, the batcher, the label cache, a reload's label-set preparation."""
+        """GET /v1/models: the default model at the top (as with one model), every model under
+        `models`, and what they share: the label cache and the text encoder's lane."""
         return {
-            **self.runtime().describe(),
-            "batcher": self.batcher.stats(),
+            **self.models.default.describe(),
             "label_cache": self.cache.stats(),
             "text_encoder": self.text_lane.stats(),
-            "reload_error": self.holder.error,
-            "reload_preparation": {"running": self.builds.preparing, "last": self.builds.prepared},
+            "models": [m.describe() for m in self.models],
         }
 
-    async def reload(self) -> ReloadResult:
-        result = await run_in_threadpool(self.holder.reload)
-        if result.error:
-            serving = self.holder.runtime.version if self.holder.runtime else None
-            raise ReloadFailed(result.error, {"serving": serving})
-        return result
+    async def reload(self, model: str | None = None) -> dict[str, ReloadResult]:
+        """Load each model's CURRENT now if it changed (or only `model`'s); ReloadFailed if one was
+        refused (the others' outcomes in its detail: each model reloads on its own)."""
+        chosen = [self.models.get(model)] if model is not None else list(self.models)
+        results = {m.name: await m.reload() for m in chosen}
+        failed = {n: r.error for n, r in results.items() if r.error}
+        if failed:
+            serving = {m.name: m.holder.runtime.version if m.holder.runtime else None for m in chosen}
+            raise ReloadFailed("; ".join(f"{n}: {e}" for n, e in failed.items()), {"serving": serving})
+        return results
 
     # --- requests with images ---
     @contextlib.contextmanager
-    def admit(self) -> Iterator[Ticket]:
+    def admit(self, model: str | None = None) -> Iterator[Ticket]:
         """Admit a request before its body is read: 503 at once (QueueFull) when the queue is full,
-        so the work a server accepts is bounded end to end. Call from the event loop only."""
-        rt = self.runtime()
-        with self.batcher.announce() as announcement:
-            yield Ticket(rt, announcement)
+        so the work a server accepts is bounded end to end. `model`: the model, when known before
+        the body is read; else the loaded one with the most room (the body may name another: the
+        engine moves the ticket then). Call from the event loop only."""
+        served = self.models.get(model) if model is not None else self._door()
+        rt = served.runtime()
+        ticket = Ticket(served, rt, served.batcher.admit())
+        try:
+            yield ticket
+        finally:
+            ticket.served.batcher.release(ticket.announcement)
+
+    def _door(self) -> ServedModel:
+        loaded = [m for m in self.models if m.holder.runtime is not None] or [self.models.default]
+        return max(loaded, key=lambda m: m.batcher.room)  # ties: the first, the default
+
+    def _route(self, ticket: Ticket, model: str | None) -> None:
+        """Move a ticket to the model its request names, now that the body has been read: admitted
+        there (QueueFull if its queue is full), released at the door."""
+        served = self.models.get(model)
+        if served is ticket.served:
+            return
+        rt, admitted = served.runtime(), served.batcher.admit()
+        admitted.started = ticket.announcement.started
+        ticket.served.batcher.release(ticket.announcement)
+        ticket.served, ticket.runtime, ticket.announcement = served, rt, admitted
 
     async def classify(self, req: ClassifyRequest, ticket: Ticket) -> ClassifyResult:
+        self._route(ticket, req.model)
         rt, s = ticket.runtime, self.settings
         req.labels.check()
         named = req.labels.label_set
@@ -291,7 +289,10 @@ class Engine:
         files = [f for f in images if isinstance(f, bytes)]  # "fail": the API put no failure in
         return decode_images(files, pre, s), {}
 
-    async def embed_images(self, items: Sequence[bytes | ImageUrl], ticket: Ticket) -> Embeddings:
+    async def embed_images(
+        self, items: Sequence[bytes | ImageUrl], ticket: Ticket, model: str | None = None
+    ) -> Embeddings:
+        self._route(ticket, model)
         rt = ticket.runtime
         files = [f for f in await self.urls.fetch_all(items, skip=False) if isinstance(f, bytes)]
         pixels = await run_in_threadpool(decode_images, files, rt.encoders.preprocess, self.settings)
@@ -299,15 +300,20 @@ class Engine:
 
     def _encode(self, rt: ModelRuntime, pixels: np.ndarray, ticket: Ticket) -> Awaitable[np.ndarray]:
         """Queue the images now; the awaitable of their features, [n, E]."""
-        items = self.batcher.submit(rt, pixels, self.settings.queue_timeout_s, ticket.announcement)
-        return self.batcher.wait(items)
+        batcher = ticket.served.batcher
+        items = batcher.submit(rt, pixels, self.settings.queue_timeout_s, ticket.announcement)
+        return batcher.wait(items)
 
     # --- texts and label sets ---
     async def embed_texts(
-        self, texts: list[str], templates: str | list[str] | None, client: str = ANONYMOUS
+        self,
+        texts: list[str],
+        templates: str | list[str] | None,
+        client: str = ANONYMOUS,
+        model: str | None = None,
     ) -> Embeddings:
         """Each text as it is, or (with templates) as a label put into every template and averaged."""
-        rt = self.runtime()
+        rt = self.runtime(model)
         if templates is None:
             self.quotas.spend_prompts(client, len(texts))  # before any tokenizing
             tokens = sum(check_token_lengths(rt, texts, ("{}",)))
@@ -325,27 +331,28 @@ class Engine:
     async def put_label_set(
         self, name: str, labels: list[str], templates: str | list[str] | None, wait: bool = False
     ) -> LabelSetStored:
-        """Register (or replace) a set: checked and staged now, built in the background for the model
-        served. Returns once built, or after label_set_wait_s with the build still running (or with
-        `wait`, when it ends however long); until then the previous version, if any, serves."""
+        """Register (or replace) a set: checked and staged now, built in the background for every
+        model loaded. Returns once built, or after label_set_wait_s with the build still running (or
+        with `wait`, when it ends however long); until then the previous version, if any, serves."""
         check_name(name)
         tmpl = resolve_templates(templates)
         set_name = templates if isinstance(templates, str) and templates in TEMPLATE_SETS else None
-        rt = self.runtime()
+        runtimes = self.models.loaded() or [self.runtime()]  # none loaded: ModelUnavailable
         self.set_budget.check(len(labels), len(tmpl))
-        check_distinct(rt, labels)
-        check_token_lengths(rt, labels, tmpl)
+        for rt in runtimes:  # each model's tokenizer must read every label
+            check_distinct(rt, labels)
+            check_token_lengths(rt, labels, tmpl)
         ls = self.label_sets.define(name, labels, tmpl, DEFAULT_SET if templates is None else set_name)
         await run_in_threadpool(self.label_sets.stage, ls)
-        build = self.builds.start(rt, ls)
+        build = self.builds.start(ls)
         await run_in_threadpool(build.event.wait, None if wait else self.settings.label_set_wait_s)
         if build.status == "failed" and build.error is not None:
             raise build.error
         return LabelSetStored(ls, build)
 
-    async def get_label_set(self, name: str) -> tuple[SetView, Calibration]:
-        """The set (served, or staged and building), and its calibration for the model served."""
-        view, rt = await run_in_threadpool(self.builds.view, name), self.holder.runtime
+    async def get_label_set(self, name: str, model: str | None = None) -> tuple[SetView, Calibration]:
+        """The set (served, or staged and building), and its calibration for the model named."""
+        view, rt = await run_in_threadpool(self.builds.view, name), self.models.get(model).holder.runtime
         if rt is None:  # the set is still shown while no model is loaded; its calibration cannot be judged
             return view, Calibration("none", reason="no model is loaded")
         return view, await run_in_threadpool(self.calibrations.get, view.label_set, rt.sha)
@@ -358,10 +365,19 @@ class Engine:
         await run_in_threadpool(self.label_sets.delete, name)
         await run_in_threadpool(self.calibrations.delete, name)
 
-    async def calibrate(self, name: str, files: list[bytes], truth: list[str | None], target: Target) -> Fit:
-        """Fit the set's calibration for the model served from labelled images (None: an image that
-        is none of the labels) and store it; requests naming the set use it from then on."""
-        ls, rt = await run_in_threadpool(self.builds.served, name), self.runtime()
+    async def calibrate(
+        self,
+        name: str,
+        files: list[bytes],
+        truth: list[str | None],
+        target: Target,
+        model: str | None = None,
+    ) -> Fit:
+        """Fit the set's calibration for the model named (None: the default) from labelled images
+        (None: an image that is none of the labels) and store it; requests naming the set on that
+        model use it from then on."""
+        rt = self.runtime(model)
+        ls = await run_in_threadpool(self.builds.served, name)
         index = {lb: i for i, lb in enumerate(ls.labels)}
         strangers = sorted({t for t in truth if t is not None and t not in index})
         if strangers:

@@ -84,15 +84,17 @@ class ModelRuntime:
         }
 
 
-RuntimeFactory = Callable[[Settings, str], ModelRuntime]  # (settings, version) -> a loaded model
+# (settings, model name, version) -> that version of models/<name>, loaded
+RuntimeFactory = Callable[[Settings, str, str], ModelRuntime]
 
 
-def load_runtime(settings: Settings, version: str) -> ModelRuntime:
-    """The bundle `version` of the served model, its ONNX encoders opened as the settings say."""
-    bundle = load_bundle(Path(settings.models_dir) / settings.model_name / version)
+def load_runtime(settings: Settings, name: str, version: str) -> ModelRuntime:
+    """The bundle `version` of model `name`, its ONNX encoders opened as the settings say. The runtime
+    is named by its folder (what requests route by), whatever name the manifest gives."""
+    bundle = load_bundle(Path(settings.models_dir) / name / version)
     encoders = OnnxEncoders(bundle, settings.device, settings.intra_op_threads, settings.image_precision)
     return ModelRuntime(
-        bundle.name, bundle.version, bundle.sha, bundle.logit_scale, encoders, bundle.manifest, bundle
+        name, bundle.version, bundle.sha, bundle.logit_scale, encoders, bundle.manifest, bundle
     )
 
 

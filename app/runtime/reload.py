@@ -5,12 +5,17 @@ A new version is loaded (by the runtime factory: validated, its sessions opened)
 one attribute assignment; a request holds the runtime it started
 with, so requests in flight finish on their model. A version that fails to load is refused and
 reported, and the old model keeps serving.
+
+Each model served has its own holder. Loads of different models never overlap (one process-wide
+lock around loading and warming), so the resident memory a load adds can be read around it: the
+figure a user sizes replicas by, shown per model in /v1/models.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +28,20 @@ from app.settings import Settings
 from model.bundle.format import BundleError, read_current
 
 log = logging.getLogger(__name__)
+
+_LOADING = threading.Lock()  # one model load at a time in the process, so its RSS growth is its own
+
+
+def rss_bytes() -> int | None:
+    """This process's resident set size, from /proc (None where there is no /proc: not Linux)."""
+    try:
+        with open(f"/proc/{os.getpid()}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1]) * 1024  # reported in kB
+    except OSError:
+        pass
+    return None
 
 
 @dataclass
@@ -37,20 +56,33 @@ class ModelHolder:
 
     def __init__(
         self,
+        name: str,
         settings: Settings,
         factory: RuntimeFactory,
         prepare: Callable[[ModelRuntime], None] | None = None,
         swapped: Callable[[ModelRuntime], None] | None = None,
     ) -> None:
-        self.settings, self.factory = settings, factory
+        self.name, self.settings, self.factory = name, settings, factory
         self.prepare, self.swapped = prepare, swapped  # before and after a new runtime is swapped in
         self.runtime: ModelRuntime | None = None
         self.error: str | None = "the model is still loading"
+        self.memory: dict[str, int | str | None] | None = None  # what the last load added to the RSS
         self._lock = threading.Lock()
 
     @property
     def model_dir(self) -> Path:
-        return self.settings.models_dir / self.settings.model_name
+        return self.settings.models_dir / self.name
+
+    def _load(self, version: str) -> tuple[ModelRuntime, dict[str, int | str | None]]:
+        """Load and warm `version`; the resident memory it added (blocking)."""
+        with _LOADING:
+            before = rss_bytes()
+            fresh = self.factory(self.settings, self.name, version)
+            warm_up(fresh, self.settings.max_batch)
+            after = rss_bytes()
+        grown = None if before is None or after is None else max(after - before, 0)
+        # glibc may reuse memory freed earlier, so a reload can add less than a first load did
+        return fresh, {"version": version, "rss_growth_bytes": grown, "rss_after_bytes": after}
 
     def reload(self) -> ReloadResult:
         """Load CURRENT if it names a version other than the one served (blocking; call off the loop)."""
@@ -63,15 +95,14 @@ class ModelHolder:
             if self.runtime is not None and self.runtime.version == version:
                 return ReloadResult(False, version)
             try:
-                fresh = self.factory(self.settings, version)
-                warm_up(fresh, self.settings.max_batch)
+                fresh, memory = self._load(version)
                 if self.prepare is not None:
                     self.prepare(fresh)
             except Exception as e:  # a broken bundle must never take the serving model down
                 self.error = f"version {version} refused: {e}"
-                log.error("reload refused: %s", self.error)
+                log.error("model %s: reload refused: %s", self.name, self.error)
                 return ReloadResult(False, version, self.error)
-            old, self.runtime, self.error = self.runtime, fresh, None
+            old, self.runtime, self.error, self.memory = self.runtime, fresh, None, memory
             log.info("now serving %s/%s (was %s)", fresh.name, version, old.version if old else "nothing")
             if self.swapped is not None:
                 try:

@@ -8,6 +8,9 @@ then, and nothing half-built is ever served. A restart finds the staged definiti
 again (`resume`). A hot reload calls `prepare` with the new model before the swap: every registered
 set's matrix (and the negative-label lexicon, when in use) is built or loaded for it first, so the
 first requests on the new model find them ready instead of each waiting for a build.
+
+With several models served, a set's definition is shared and its build covers every model loaded,
+one after the other; the new definition takes the name's place once it is built for all of them.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import datetime as dt
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -41,11 +45,11 @@ def _now() -> str:
 
 @dataclass(eq=False)
 class Build:
-    """One set's build for one model: its progress while it runs, its outcome after."""
+    """One set's build for the models served: its progress while it runs, its outcome after."""
 
     label_set: LabelSet
-    runtime: ModelRuntime
-    total: int  # prompts to encode (labels x templates; fewer once the cache says what it holds)
+    runtimes: tuple[ModelRuntime, ...]  # built for each in turn, the default model first
+    total: int  # prompts to encode (labels x templates x models; fewer once the cache says what it holds)
     done: int = 0
     status: Status = "building"
     source: str | None = None  # where the matrix came from: memory, disk or encoded
@@ -55,11 +59,32 @@ class Build:
     started_at: str = field(default_factory=_now)
     finished: float | None = None
     event: threading.Event = field(default_factory=threading.Event)
+    step: int = 0  # the model being built: an index into runtimes
+    _before: int = 0  # prompts encoded for the models already built
+    _current: int = 0  # prompts the model being built encodes
 
     def progress(self, done: int, total: int) -> None:
+        """Prompts done of `total` for the model being built (after those of the models before it)."""
         if self.cancelled:
             raise BuildCancelled
-        self.done, self.total = done, total
+        self._current = total
+        left = len(self.runtimes) - self.step - 1
+        self.done, self.total = self._before + done, self._before + total + left * self.per_model
+
+    def model_built(self) -> None:
+        """The model being built is done: what it encoded counts, the next one starts."""
+        self._before += self._current
+        self._current, self.step = 0, self.step + 1
+        self.done = self._before
+        self.total = self._before + (len(self.runtimes) - self.step) * self.per_model
+
+    @property
+    def per_model(self) -> int:
+        return len(self.label_set.labels) * len(self.label_set.templates)
+
+    @property
+    def shas(self) -> tuple[str, ...]:
+        return tuple(rt.sha for rt in self.runtimes)
 
     @property
     def elapsed_s(self) -> float:
@@ -83,7 +108,8 @@ class Build:
         eta = self.eta_s
         return {
             "status": self.status,
-            "model": self.runtime.ref,
+            "model": self.runtimes[0].ref if self.runtimes else None,
+            "models": [rt.ref for rt in self.runtimes],
             "labels": len(self.label_set.labels),
             "templates": len(self.label_set.templates),
             "prompts_done": self.total if self.status == "ready" else self.done,
@@ -97,6 +123,14 @@ class Build:
         }
 
 
+@dataclass
+class Preparation:
+    """One model's reload preparation: the one under way, and the last one's figures (/v1/models)."""
+
+    running: dict[str, Any] | None = None
+    last: dict[str, Any] | None = None
+
+
 @dataclass(frozen=True)
 class SetView:
     label_set: LabelSet  # the definition served, or the staged one while there is none
@@ -108,22 +142,29 @@ class SetView:
 class SetBuilds:
     """The builds under way or last finished, one per set name. Thread-safe."""
 
-    def __init__(self, store: LabelSetStore, matrices: LabelMatrices, lexicon: Lexicon) -> None:
+    def __init__(
+        self,
+        store: LabelSetStore,
+        matrices: LabelMatrices,
+        lexicon: Lexicon,
+        runtimes: Callable[[], list[ModelRuntime]],
+    ) -> None:
         self.store, self.matrices, self.lexicon = store, matrices, lexicon
+        self.runtimes = runtimes  # the models loaded now, the default first: what a build is for
         self._builds: dict[str, Build] = {}
         self._lock = threading.Lock()
-        self.preparing: dict[str, Any] | None = None  # a reload's preparation under way (/v1/models)
-        self.prepared: dict[str, Any] | None = None  # the last one's figures
 
-    def start(self, rt: ModelRuntime, ls: LabelSet) -> Build:
-        """Build a staged set for `rt` on a thread of its own (the same build if it already runs)."""
+    def start(self, ls: LabelSet) -> Build:
+        """Build a staged set for every model loaded, on a thread of its own (the same build if it
+        already runs for them)."""
+        rts = tuple(self.runtimes())
         with self._lock:
             old = self._builds.get(ls.name)
             if old is not None and old.status == "building":
-                if old.runtime.sha == rt.sha and old.label_set.digest == ls.digest:
+                if old.shas == tuple(rt.sha for rt in rts) and old.label_set.digest == ls.digest:
                     return old
                 old.cancelled = True  # superseded: its next slice stops it
-            b = Build(ls, rt, total=len(ls.labels) * len(ls.templates))
+            b = Build(ls, rts, total=len(ls.labels) * len(ls.templates) * len(rts))
             self._builds[ls.name] = b
         threading.Thread(target=self._run, args=(b,), name=f"label-set-{ls.name}", daemon=True).start()
         return b
@@ -131,7 +172,12 @@ class SetBuilds:
     def _run(self, b: Build) -> None:
         name = b.label_set.name
         try:
-            _, b.source = self.matrices.for_set(b.runtime, b.label_set, b.progress)
+            sources = []
+            for rt in b.runtimes:
+                _, source = self.matrices.for_set(rt, b.label_set, b.progress)
+                sources.append(source)
+                b.model_built()
+            b.source = "encoded" if "encoded" in sources else ", ".join(sorted(set(sources))) or None
             if b.cancelled:
                 raise BuildCancelled
             self.store.promote(b.label_set)
@@ -218,20 +264,21 @@ class SetBuilds:
         if b is not None:
             b.cancelled = True
 
-    def resume(self, rt: ModelRuntime) -> None:
-        """Start (again) the build of every staged set for `rt`: after a restart, or after a reload
-        (a build for the model before would give a matrix the new one cannot use)."""
+    def resume(self, rt: ModelRuntime | None = None) -> None:
+        """Start (again) the build of every staged set for the models loaded, `rt` (just swapped in)
+        among them: after a restart, or after a reload (a build for the model before would give a
+        matrix the new one cannot use)."""
         for ls in self.store.pending_sets():
-            self.start(rt, ls)
+            self.start(ls)
 
-    def prepare(self, rt: ModelRuntime) -> None:
+    def prepare(self, rt: ModelRuntime, report: Preparation) -> None:
         """Build or load, for a model about to be swapped in, every registered set's matrix, and the
         lexicon if the model served uses one. Blocking: the reload's thread runs it; the model
         served keeps serving meanwhile. A set that fails is logged and built on first use instead."""
         sets = self.store.list()
         p: dict[str, Any] = {"model": rt.ref, "sets_total": len(sets), "sets_done": 0, "failed": []}
         p |= {"prompts_done": 0, "started_at": _now()}
-        self.preparing, t0, done_before = p, time.monotonic(), 0
+        report.running, t0, done_before = p, time.monotonic(), 0
 
         def progress(done: int, total: int) -> None:
             p["prompts_done"] = done_before + done
@@ -251,4 +298,4 @@ class SetBuilds:
                 log.exception("the lexicon: not prepared for %s/%s", rt.name, rt.version)
                 p["failed"].append({"name": ".lexicon", "error": f"{type(e).__name__}: {str(e)[:200]}"})
         p["seconds"] = round(time.monotonic() - t0, 2)
-        self.preparing, self.prepared = None, p
+        report.running, report.last = None, p

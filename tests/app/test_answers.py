@@ -283,7 +283,7 @@ def test_open_set_far_and_near_over_http(real_client: TestClient) -> None:
 def test_a_label_set_is_shown_while_no_model_is_loaded(tmp_path: Path) -> None:
     from tests.fakes import fake_settings
 
-    def no_model(settings: Settings, version: str) -> Any:
+    def no_model(settings: Settings, name: str, version: str) -> Any:
         raise RuntimeError("the bundle cannot be loaded")
 
     s = fake_settings(tmp_path)

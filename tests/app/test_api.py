@@ -161,7 +161,10 @@ def test_without_a_model_the_service_is_alive_but_not_ready(tmp_path: Path) -> N
     with TestClient(create_app(Settings(models_dir=tmp_path, model_name="missing"))) as c:
         assert c.get("/healthz").status_code == 200
         r = c.get("/readyz")
-        assert r.status_code == 503 and "CURRENT is missing" in r.json()["error"]["detail"]
+        assert (
+            r.status_code == 503
+            and "CURRENT is missing" in r.json()["error"]["detail"]["not_ready"]["missing"]
+        )
         r = c.post("/v1/classify", files=[("image", ("x.png", b"x", "image/png"))], data={"labels": ["a"]})
         assert r.status_code == 503 and r.json()["error"]["code"] == "model_unavailable"
 

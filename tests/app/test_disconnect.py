@@ -134,12 +134,12 @@ def test_a_client_gone_while_queued_is_dropped_before_the_encoder(
         await asyncio.to_thread(encoders.entered.wait, 10)  # the encoder is busy with the first
         second = Client(app, [second_body])
         waiting = asyncio.create_task(second.post("/v1/classify", "application/json", len(second_body)))
-        while app.state.engine.batcher.pending < 2:  # the second's image is queued
+        while app.state.engine.models.default.batcher.pending < 2:  # the second's image is queued
             await asyncio.sleep(0.01)
         second.gone.set()
         await asyncio.wait_for(waiting, 10)
         assert second.status == 499
-        batcher = app.state.engine.batcher
+        batcher = app.state.engine.models.default.batcher
         assert (batcher.pending, batcher.cancelled) == (1, 1)  # its place is freed at once
         encoders.release.set()
         await asyncio.wait_for(holder, 10)
@@ -148,6 +148,9 @@ def test_a_client_gone_while_queued_is_dropped_before_the_encoder(
 
     asyncio.run(_with_engine(app, test))
     assert encoders.calls == [1]  # the second image never reached the encoder
-    assert "zeroshot_queue_cancelled_total 1.0" in generate_latest(app.state.metrics.registry).decode()
+    assert (
+        'zeroshot_queue_cancelled_total{model="default"} 1.0'
+        in generate_latest(app.state.metrics.registry).decode()
+    )
     assert requests_counted(app) == {"200": 1, "499": 1}
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]

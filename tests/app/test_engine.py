@@ -101,10 +101,11 @@ def test_queries_that_contradict_themselves_are_refused(tmp_path: Path) -> None:
 
 def test_without_a_model_nothing_is_admitted(tmp_path: Path) -> None:
     async def body(engine: Engine) -> tuple[int, int]:
-        engine.holder.runtime = None  # as after a start whose every load failed
+        default = engine.models.default
+        default.holder.runtime = None  # as after a start whose every load failed
         with pytest.raises(ModelUnavailable), engine.admit():
             pass
-        return engine.batcher.pending, engine.batcher._incoming
+        return default.batcher.pending, default.batcher._incoming
 
     assert run(tmp_path, body) == (0, 0)  # refused before it took a place in the queue
 
@@ -114,6 +115,6 @@ def test_a_new_current_is_loaded_by_the_factory_and_swapped_in(tmp_path: Path) -
         before = engine.runtime().version
         (engine.settings.models_dir / "default" / "CURRENT").write_text("fake-2\n")
         result = await engine.reload()
-        return before, engine.runtime().version, result.changed
+        return before, engine.runtime().version, result["default"].changed
 
     assert run(tmp_path, body) == ("fake-1", "fake-2", True)

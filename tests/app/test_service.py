@@ -240,7 +240,10 @@ def test_metrics_count_requests_batches_and_the_model(client: TestClient) -> Non
     assert 'zeroshot_requests_total{method="POST",route="/v1/classify",status="200"}' in text
     assert 'zeroshot_requests_total{method="POST",route="/v1/classify",status="422"}' in text
     assert "zeroshot_batch_size_count" in text and "zeroshot_request_duration_seconds_bucket" in text
-    assert 'zeroshot_model_info{name="default"' in text and "zeroshot_queue_depth 0.0" in text
+    assert (
+        'zeroshot_model_info{model="default",name="default"' in text
+        and 'zeroshot_queue_depth{model="default"} 0.0' in text
+    )
     assert "zeroshot_label_cache_hits_total" in text and "zeroshot_label_cache_bytes" in text
 
 
@@ -294,7 +297,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(tmp_path: 
 def gate_encoder(c: TestClient, entered: threading.Event | None = None) -> threading.Event:
     """Hold the served model's image encoder until the returned event is set; `entered` is set once
     a batch is being held (its composition is then final)."""
-    rt = c.app.state.engine.holder.runtime  # type: ignore[attr-defined]
+    rt = c.app.state.engine.models.default.holder.runtime  # type: ignore[attr-defined]
     gate, real = threading.Event(), rt.encode_images
 
     def gated(pixels: np.ndarray) -> np.ndarray:
@@ -311,7 +314,7 @@ def test_a_full_queue_answers_503_with_retry_after_and_stays_healthy(tmp_path: P
     s = make_fake(tmp_path, max_queue=2, max_images_per_request=2, retry_after_s=3)
     img = png(SEEN[0].image)
     with TestClient(create_app(s, fake_runtime)) as c:
-        batcher = c.app.state.engine.batcher  # type: ignore[attr-defined]
+        batcher = c.app.state.engine.models.default.batcher  # type: ignore[attr-defined]
         gate = gate_encoder(c)
         with ThreadPoolExecutor(2) as pool:
             waiting = [pool.submit(multipart, c, [img], ["a", "b"]) for _ in range(2)]
@@ -327,14 +330,14 @@ def test_a_full_queue_answers_503_with_retry_after_and_stays_healthy(tmp_path: P
             assert all(f.result().status_code == 200 for f in waiting)
         assert multipart(c, [img], ["a", "b"]).status_code == 200
         assert batcher.pending == 0
-        assert "zeroshot_queue_rejected_total 1.0" in c.get("/metrics").text
+        assert 'zeroshot_queue_rejected_total{model="default"} 1.0' in c.get("/metrics").text
 
 
 def test_a_request_past_its_deadline_is_dropped_with_503(tmp_path: Path) -> None:
     s = make_fake(tmp_path, queue_timeout_s=0.2)
     img = png(SEEN[0].image)
     with TestClient(create_app(s, fake_runtime)) as c:
-        batcher = c.app.state.engine.batcher  # type: ignore[attr-defined]
+        batcher = c.app.state.engine.models.default.batcher  # type: ignore[attr-defined]
         entered = threading.Event()
         gate = gate_encoder(c, entered)
         with ThreadPoolExecutor(2) as pool:

@@ -126,7 +126,7 @@ def test_a_staged_set_left_by_a_killed_server_is_built_at_the_next_start(tmp_pat
         view = wait_status(c, "s", "ready")
         assert view["labels"] == V1
         r = classify(c, "s")
-        rt = fake_runtime(settings, "fake-1")
+        rt = fake_runtime(settings, "default", "fake-1")
         expected = label_matrix(FakeEncoders(), V1, templates)  # the whole matrix, as a fresh encode gives
         stored = store.load_matrix(store.get("s"), rt.sha, rt.encoders.embed_dim)
         assert stored is not None and np.allclose(stored, expected, atol=1e-6)

@@ -56,7 +56,7 @@ def test_a_hung_encoder_fails_readiness_then_liveness_and_both_recover(tmp_path:
 def test_a_dead_worker_fails_liveness(tmp_path: Path) -> None:
     with TestClient(create_app(fake_settings(tmp_path), GatedEncoders().runtime_factory())) as c:
         assert c.get("/healthz").status_code == 200
-        batcher = c.app.state.engine.batcher  # type: ignore[attr-defined]
+        batcher = c.app.state.engine.models.default.batcher  # type: ignore[attr-defined]
         batcher._q.put(None)  # the worker's stop signal: its thread ends as if it had died
         wait_for(lambda: not batcher.alive)
         r = c.get("/healthz")

@@ -64,7 +64,7 @@ def test_overload_is_refused_quickly_and_the_service_recovers(tmp_path: Path) ->
     s = server_settings(tmp_path, max_batch=2, max_queue=8, max_images_per_request=2, queue_timeout_s=5.0)
     app = create_app(s)
     with live_server(s, app) as base:
-        holder = app.state.engine.holder
+        holder = app.state.engine.models.default.holder
         real = holder.runtime.encode_images
 
         def slow(pixels: np.ndarray) -> np.ndarray:
@@ -93,7 +93,7 @@ def test_overload_is_refused_quickly_and_the_service_recovers(tmp_path: Path) ->
                 )
                 assert r.status_code == 200
             assert c.get("/readyz").status_code == 200
-            assert "zeroshot_queue_depth 0.0" in c.get("/metrics").text
+            assert 'zeroshot_queue_depth{model="default"} 0.0' in c.get("/metrics").text
         ok_ms = 1000 * np.array([r[1] for r in ok])
         refused_ms = 1000 * np.array([r[1] for r in refused])
         print(
