@@ -89,7 +89,7 @@ async def embeddings(request: Request, engine: EngineDep, s: SettingsDep) -> JSO
     fmt = body.encoding_format or "float"
     if fmt not in ("float", "base64"):
         raise ApiError("unsupported_encoding_format", f"encoding_format must be float or base64, not {fmt!r}")
-    dim = engine.model_named(body.model).encoders.embed_dim
+    dim = engine.runtime(body.model).encoders.embed_dim
     if body.dimensions is not None and body.dimensions != dim:
         raise ApiError(
             "unsupported_dimensions",

@@ -148,10 +148,6 @@ class Engine:
         the holder's, never a request's. ModelNotFound or ModelUnavailable otherwise."""
         return self.models.get(model).runtime()
 
-    def model_named(self, name: str) -> ModelRuntime:
-        """The runtime of the model a request names; ModelNotFound (listing those served) otherwise."""
-        return self.runtime(name)
-
     def ready(self) -> None:
         """Raise unless the server should be sent work: every model loaded and warm, not draining, no
         image encoder stuck in one call for longer than watchdog_ready_s."""
@@ -192,17 +188,13 @@ class Engine:
         so the work a server accepts is bounded end to end. `model`: the model, when known before
         the body is read; else the loaded one with the most room (the body may name another: the
         engine moves the ticket then). Call from the event loop only."""
-        served = self.models.get(model) if model is not None else self._door()
+        served = self.models.get(model) if model is not None else self.models.door()
         rt = served.runtime()
         ticket = Ticket(served, rt, served.batcher.admit())
         try:
             yield ticket
         finally:
             ticket.served.batcher.release(ticket.announcement)
-
-    def _door(self) -> ServedModel:
-        loaded = [m for m in self.models if m.holder.runtime is not None] or [self.models.default]
-        return max(loaded, key=lambda m: m.batcher.room)  # ties: the first, the default
 
     def _route(self, ticket: Ticket, model: str | None) -> None:
         """Move a ticket to the model its request names, now that the body has been read: admitted

@@ -118,6 +118,12 @@ class ModelSet:
             )
         return served
 
+    def door(self) -> ServedModel:
+        """Where a request is admitted before its body says which model it wants: the loaded model
+        with the most room in its queue (ties: the first, so with one model always that one)."""
+        loaded = [m for m in self if m.holder.runtime is not None] or [self.default]
+        return max(loaded, key=lambda m: m.batcher.room)
+
     def loaded(self) -> list[ModelRuntime]:
         """The runtimes loaded now, the default first: what a label set is built for."""
         return [m.holder.runtime for m in self if m.holder.runtime is not None]

@@ -45,15 +45,16 @@ def models(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def request(c: TestClient) -> str:
+def request(c: TestClient, model: str | None = None) -> str:
     buf = io.BytesIO()
     SyntheticShapes(64, seed=1, split="all", length=1)[0].image.save(buf, format="PNG")
     r = c.post(
         "/v1/classify",
         files=[("image", ("x.png", buf.getvalue(), "image/png"))],
-        data={"labels": ["red circle", "blue square"]},
+        data={"labels": ["red circle", "blue square"], **({} if model is None else {"model": model})},
     )
     assert r.status_code == 200, r.text
+    assert model is None or r.json()["model"]["name"] == model
     return str(r.json()["model"]["version"])
 
 
@@ -152,3 +153,44 @@ def test_publishing_under_concurrent_load_fails_no_request(models: Path) -> None
     assert versions[0] == "v1" and "v2" in versions and "v3" not in versions
     late = [v for t, v in answers if t > switched + 0.1]  # answered after the swap: new model only
     assert late and set(late) == {"v2"}
+
+
+def test_two_models_are_served_and_each_reloads_on_its_own_under_load(models: Path) -> None:
+    """Two real bundles at once (m, and n: a copy); four clients on both while n gets v2: no request
+    fails, n's answers move to v2 and m's stay on v1; each shows the memory its load added."""
+    publish_copy(models / "n", "v1")
+    s = Settings(models_dir=models, models="m,n", device="cpu", reload_interval_s=0.05, max_wait_ms=5)
+    stop = threading.Event()
+    answers: list[tuple[str, float, str]] = []
+    failures: list[str] = []
+
+    def client_loop(c: TestClient, model: str) -> None:
+        while not stop.is_set():
+            try:
+                answers.append((model, time.monotonic(), request(c, model)))
+            except AssertionError as e:
+                failures.append(str(e))
+
+    with TestClient(create_app(s)) as c:
+        listed = c.get("/v1/models").json()["models"]
+        assert [(x["name"], x["version"]) for x in listed] == [("m", "v1"), ("n", "v1")]
+        assert listed[0]["memory"]["rss_growth_bytes"] > 0  # the first load adds sessions and arenas
+        threads = [threading.Thread(target=client_loop, args=(c, m)) for m in ("m", "n", "m", "n")]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        publish_copy(models / "n", "v2")
+        deadline = time.monotonic() + 30
+        while c.get("/v1/models").json()["models"][1]["version"] != "v2":
+            assert time.monotonic() < deadline, "n never moved to v2"
+            time.sleep(0.05)
+        switched = time.monotonic()
+        time.sleep(0.5)
+        stop.set()
+        for t in threads:
+            t.join()
+        assert c.get("/readyz").status_code == 200
+    assert not failures, failures[:3]
+    late = {(m, v) for m, t, v in answers if t > switched + 0.1}
+    assert late == {("m", "v1"), ("n", "v2")}
+    assert {v for m, _, v in answers if m == "m"} == {"v1"}  # m was never reloaded
