@@ -79,13 +79,15 @@ def retry_policy(retries: RetryPolicy | int | None) -> RetryPolicy:
 
 @dataclass(frozen=True)
 class Call:
-    """One request: admin=True sends the admin token (label-set changes), else the API key."""
+    """One request: admin=True sends the admin token (label-set changes), else the API key;
+    params is its query string (None: none)."""
 
     method: str
     path: str
     json: Any = None
     admin: bool = False
     retry: bool = True
+    params: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -175,7 +177,7 @@ def _templates(templates: Templates | None) -> str | list[str] | None:
 
 def classify_call(images: Iterable[ImageInput], labels: Sequence[str] | None, **options: Any) -> Call:
     """POST /v1/classify; options are the body's other fields (label_set, templates, top_k,
-    mode, min_probability, min_cosine, min_neglabel, on_error): those left None are not sent."""
+    mode, min_probability, min_cosine, min_neglabel, on_error, model): those left None are not sent."""
     body: dict[str, Any] = {"images": image_items(images)}
     if labels is not None:
         body["labels"] = _strings(labels, "labels")
@@ -190,21 +192,33 @@ def classify_call(images: Iterable[ImageInput], labels: Sequence[str] | None, **
     return Call("POST", "/v1/classify", body)
 
 
-def embed_images_call(images: Iterable[ImageInput]) -> Call:
-    return Call("POST", "/v1/embeddings/images", {"images": image_items(images)})
+def _with_model(body: dict[str, Any], model: str | None) -> dict[str, Any]:
+    """The body, with the model to run on when one is named (else the server's default: its first)."""
+    if model is not None:
+        body["model"] = model
+    return body
 
 
-def embed_texts_call(texts: Sequence[str], templates: Templates | None) -> Call:
+def embed_images_call(images: Iterable[ImageInput], model: str | None = None) -> Call:
+    return Call("POST", "/v1/embeddings/images", _with_model({"images": image_items(images)}, model))
+
+
+def embed_texts_call(texts: Sequence[str], templates: Templates | None, model: str | None = None) -> Call:
     body: dict[str, Any] = {"texts": _strings(texts, "texts")}
     if templates is not None:
         body["templates"] = _templates(templates)
-    return Call("POST", "/v1/embeddings/texts", body)
+    return Call("POST", "/v1/embeddings/texts", _with_model(body, model))
 
 
 def label_set_path(name: str) -> str:
     if not name or "/" in name or name in (".", ".."):
         raise ValueError(f"not a label set name: {name!r}")
     return f"/v1/label-sets/{name}"
+
+
+def get_label_set_call(name: str, model: str | None = None) -> Call:
+    """GET /v1/label-sets/{name}; `?model=`: whose calibration it shows (default: the first model)."""
+    return Call("GET", label_set_path(name), params=None if model is None else {"model": model})
 
 
 def put_label_set_call(name: str, labels: Sequence[str], templates: Templates | None) -> Call:
@@ -288,6 +302,7 @@ def calibrate_call(
     images: Iterable[tuple[ImageInput, str | None]],
     target_precision: float | None,
     target_fpr: float | None,
+    model: str | None = None,
 ) -> Call:
     rows = []
     for image, label in images:
@@ -299,7 +314,7 @@ def calibrate_call(
     for key, value in (("target_precision", target_precision), ("target_fpr", target_fpr)):
         if value is not None:
             body[key] = float(value)
-    return Call("POST", label_set_path(name) + "/calibration", body, admin=True)
+    return Call("POST", label_set_path(name) + "/calibration", _with_model(body, model), admin=True)
 
 
 # --- answers ---

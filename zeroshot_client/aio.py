@@ -63,9 +63,11 @@ class AsyncClient:
         min_probability: float | None = None,
         min_cosine: float | None = None,
         min_neglabel: float | None = None,
+        model: str | None = None,
     ) -> Classification:
-        """Rank `labels` (or the registered `label_set`'s) for one image."""
-        options = dict(label_set=label_set, templates=templates, top_k=top_k, mode=mode)
+        """Rank `labels` (or the registered `label_set`'s) for one image; `model`: the one to run on
+        (None: the server's default, its first)."""
+        options = dict(label_set=label_set, templates=templates, top_k=top_k, mode=mode, model=model)
         thresholds = dict(min_probability=min_probability, min_cosine=min_cosine, min_neglabel=min_neglabel)
         call = _core.classify_call([image], labels, **options, **thresholds)
         return classifications(await self._send(call))[0]
@@ -83,24 +85,29 @@ class AsyncClient:
         min_cosine: float | None = None,
         min_neglabel: float | None = None,
         on_error: str | None = None,
+        model: str | None = None,
     ) -> list[Classification]:
         """Several images in one request (the server's max_images_per_request at most): one
         Classification each, in order. on_error="skip": an image that cannot be used gets an
         `error` in place of labels instead of failing the request."""
-        options = dict(label_set=label_set, templates=templates, top_k=top_k, mode=mode, on_error=on_error)
+        options = dict(
+            label_set=label_set, templates=templates, top_k=top_k, mode=mode, on_error=on_error, model=model
+        )
         thresholds = dict(min_probability=min_probability, min_cosine=min_cosine, min_neglabel=min_neglabel)
         return classifications(await self._send(_core.classify_call(images, labels, **options, **thresholds)))
 
     # --- embeddings ---
 
-    async def embed_images(self, images: Iterable[ImageInput]) -> Embeddings:
-        """L2-normalized image features, one row per image."""
-        return Embeddings.from_json(await self._send(_core.embed_images_call(images)))
+    async def embed_images(self, images: Iterable[ImageInput], *, model: str | None = None) -> Embeddings:
+        """L2-normalized image features, one row per image, from `model` (None: the server's default)."""
+        return Embeddings.from_json(await self._send(_core.embed_images_call(images, model)))
 
-    async def embed_texts(self, texts: Sequence[str], templates: Templates | None = None) -> Embeddings:
+    async def embed_texts(
+        self, texts: Sequence[str], templates: Templates | None = None, *, model: str | None = None
+    ) -> Embeddings:
         """L2-normalized text features; with templates, each text is a label put into every template
-        and the features averaged (prompt ensembling)."""
-        return Embeddings.from_json(await self._send(_core.embed_texts_call(texts, templates)))
+        and the features averaged (prompt ensembling); from `model` (None: the server's default)."""
+        return Embeddings.from_json(await self._send(_core.embed_texts_call(texts, templates, model)))
 
     # --- label sets ---
 
@@ -108,8 +115,9 @@ class AsyncClient:
         body = await self._send(Call("GET", "/v1/label-sets"))
         return [LabelSetSummary.from_json(d) for d in body["label_sets"]]
 
-    async def get_label_set(self, name: str) -> LabelSet:
-        return LabelSet.from_json(await self._send(Call("GET", _core.label_set_path(name))))
+    async def get_label_set(self, name: str, *, model: str | None = None) -> LabelSet:
+        """The set in full; its calibration is `model`'s (None: the server's default model's)."""
+        return LabelSet.from_json(await self._send(_core.get_label_set_call(name, model)))
 
     async def put_label_set(
         self,
@@ -151,10 +159,11 @@ class AsyncClient:
         *,
         target_precision: float | None = None,
         target_fpr: float | None = None,
+        model: str | None = None,
     ) -> CalibrationState:
         """Calibrate a label set from (image, label) pairs, label None for an image that is none of
-        them (needs the admin token)."""
-        call = _core.calibrate_call(name, images, target_precision, target_fpr)
+        them (needs the admin token), for `model` (None: the server's default model)."""
+        call = _core.calibrate_call(name, images, target_precision, target_fpr, model)
         return CalibrationState.from_json((await self._send(call))["calibration"])
 
     # --- the service ---
@@ -194,7 +203,9 @@ class AsyncClient:
     async def _request(self, call: Call) -> httpx.Response:
         headers = self._credentials.headers(call.admin)
         try:
-            return await self._http.request(call.method, call.path, json=call.json, headers=headers)
+            return await self._http.request(
+                call.method, call.path, params=call.params, json=call.json, headers=headers
+            )
         except httpx.TransportError as e:
             raise _core.transport_error(e) from e
 
