@@ -141,10 +141,16 @@ def cmd_serve(args: argparse.Namespace) -> None:
         from app.settings import Settings
     except ImportError as e:
         raise CliError(f"{e.name} is not installed: pip install -e '.[server]'") from None
+    from pydantic import ValidationError
+
     from model.bundle.format import current_bundle
 
     given = {"models_dir": args.models, "models": args.model}
-    settings = Settings(**{k: v for k, v in given.items() if v is not None})  # flags over ZEROSHOT_*
+    try:
+        settings = Settings(**{k: v for k, v in given.items() if v is not None})  # flags over ZEROSHOT_*
+    except ValidationError as e:  # one line naming each bad setting, not pydantic's report
+        bad = [f"{'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg']}" for err in e.errors()]
+        raise CliError("invalid settings: " + "; ".join(bad)) from None
     # a missing model is a one-line error here, not a server that answers 503
     for name in settings.served_models:
         current_bundle(settings.models_dir / name, verify_hashes=False)

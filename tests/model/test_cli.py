@@ -157,3 +157,10 @@ def test_serve_without_a_model_is_a_one_line_error_and_reads_the_environment(tmp
     assert_one_line_error(
         zeroshot("serve", "--models", str(tmp_path), "--model", "m"), "m/CURRENT is missing"
     )
+    # several models: each must have a CURRENT; a list that names one twice is refused
+    assert_one_line_error(
+        zeroshot("serve", "--models", str(tmp_path), "--model", "x,y"), "x/CURRENT is missing"
+    )
+    assert_one_line_error(
+        zeroshot("serve", "--model", "x,x"), "models: Value error, models: a name is given twice"
+    )
