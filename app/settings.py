@@ -180,9 +180,9 @@ class Settings(BaseSettings):
             names = tuple(str(n) for n in v)
             bad = [n for n in names if not MODEL_NAME.match(n)]
             if bad:
-                raise ValueError(f"models: {bad[0]!r} is not a model folder name (letters, digits, . _ -)")
+                raise ValueError(f"{bad[0]!r} is not a model folder name (letters, digits, . _ -)")
             if len(set(names)) != len(names):
-                raise ValueError(f"models: a name is given twice in {', '.join(names)}")
+                raise ValueError(f"a name is given twice in {', '.join(names)}")
             return names
         return v
 

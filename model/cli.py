@@ -149,7 +149,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
     try:
         settings = Settings(**{k: v for k, v in given.items() if v is not None})  # flags over ZEROSHOT_*
     except ValidationError as e:  # one line naming each bad setting, not pydantic's report
-        bad = [f"{'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg']}" for err in e.errors()]
+        bad = [
+            f"{'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg'].removeprefix('Value error, ')}"
+            for err in e.errors()
+        ]
         raise CliError("invalid settings: " + "; ".join(bad)) from None
     # a missing model is a one-line error here, not a server that answers 503
     for name in settings.served_models:

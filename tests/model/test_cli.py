@@ -162,5 +162,5 @@ def test_serve_without_a_model_is_a_one_line_error_and_reads_the_environment(tmp
         zeroshot("serve", "--models", str(tmp_path), "--model", "x,y"), "x/CURRENT is missing"
     )
     assert_one_line_error(
-        zeroshot("serve", "--model", "x,x"), "models: Value error, models: a name is given twice"
+        zeroshot("serve", "--model", "x,x"), "invalid settings: models: a name is given twice"
     )
