@@ -8,15 +8,20 @@ reported, and the old model keeps serving.
 
 Each model served has its own holder. Loads of different models never overlap (one process-wide
 lock around loading and warming), so the resident memory a load adds can be read around it: the
-figure a user sizes replicas by, shown per model in /v1/models.
+figure a user sizes replicas by, shown per model in /v1/models. Once the model a reload replaced is
+gone (the last request on it answered), the heap pages it freed are given back to the system:
+glibc keeps them otherwise, and each ViT-B/32 reload left ~500 MB more resident (bench/README.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import functools
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +35,23 @@ from model.bundle.format import BundleError, read_current
 log = logging.getLogger(__name__)
 
 _LOADING = threading.Lock()  # one model load at a time in the process, so its RSS growth is its own
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim  # glibc; not on musl or macOS
+    except (OSError, AttributeError):
+        return None
+
+
+def release_freed_memory() -> bool:
+    """Return the heap pages freed so far to the system (glibc's malloc_trim); False where unavailable."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
 
 
 def rss_bytes() -> int | None:
@@ -67,6 +89,7 @@ class ModelHolder:
         self.runtime: ModelRuntime | None = None
         self.error: str | None = "the model is still loading"
         self.memory: dict[str, int | str | None] | None = None  # what the last load added to the RSS
+        self._retired: list[weakref.ref[ModelRuntime]] = []  # replaced, perhaps still answering requests
         self._lock = threading.Lock()
 
     @property
@@ -87,6 +110,7 @@ class ModelHolder:
     def reload(self) -> ReloadResult:
         """Load CURRENT if it names a version other than the one served (blocking; call off the loop)."""
         with self._lock:
+            self._release_retired()  # every check (the watcher's, every few seconds) looks again
             try:
                 version = read_current(self.model_dir)
             except BundleError as e:
@@ -109,7 +133,18 @@ class ModelHolder:
                     self.swapped(fresh)
                 except Exception:  # the new model serves whatever this hook fails at
                     log.exception("after the swap to %s", version)
+            if old is not None:
+                self._retired.append(weakref.ref(old))
+                del old  # with no request on it, the old model is freed here and released at once
+                self._release_retired()
             return ReloadResult(True, version)
+
+    def _release_retired(self) -> None:
+        """Once no model a reload replaced is referenced any more, give its freed memory back."""
+        if self._retired and all(r() is None for r in self._retired):
+            self._retired.clear()
+            if release_freed_memory():
+                log.info("model %s: memory of the replaced version released", self.name)
 
 
 async def watch(holder: ModelHolder, interval_s: float) -> None:

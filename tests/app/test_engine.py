@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -12,8 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app.runtime import reload as reload_module
 from app.runtime.engine import ClassifyRequest, Engine, LabelQuery
 from app.runtime.errors import InvalidRequest, LabelSetError, ModelUnavailable
+from app.runtime.reload import ModelHolder
 from tests.fakes import fake_runtime, fake_settings
 
 T = TypeVar("T")
@@ -118,3 +121,28 @@ def test_a_new_current_is_loaded_by_the_factory_and_swapped_in(tmp_path: Path) -
         return before, engine.runtime().version, result["default"].changed
 
     assert run(tmp_path, body) == ("fake-1", "fake-2", True)
+
+
+def test_a_replaced_model_is_given_back_to_the_system_once_no_request_holds_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    released: list[str] = []
+    monkeypatch.setattr(reload_module, "release_freed_memory", lambda: released.append("trim") or True)
+    s = fake_settings(tmp_path)
+    current = s.models_dir / "default" / "CURRENT"
+    holder = ModelHolder("default", s, fake_runtime)
+    holder.reload()
+    assert released == []  # nothing was replaced
+    in_flight = holder.runtime  # a request still answering on fake-1
+    current.write_text("fake-2\n")
+    assert holder.reload().changed and released == []  # fake-1 is still in use
+    holder.reload()  # the watcher's next check: still in use
+    assert released == []
+    del in_flight
+    gc.collect()
+    holder.reload()
+    assert released == ["trim"]  # released once, at the first check after its last request
+    current.write_text("fake-3\n")
+    holder.reload()  # nobody holds fake-2: released at the swap itself
+    assert released == ["trim", "trim"]
+    assert reload_module._malloc_trim() is not None  # glibc's, found (this project runs on Debian)
