@@ -213,3 +213,24 @@ def test_the_models_setting() -> None:
     for bad, why in (("a,a", "given twice"), ("a,../b", "not a model folder name")):
         with pytest.raises(ValidationError, match=why):
             Settings(models=bad)
+
+
+def test_the_openapi_schema_documents_the_model_field_everywhere(tmp_path: Path) -> None:
+    spec = create_app(two_models(tmp_path), by_width).openapi()
+    bodies = {
+        ("/v1/classify", "multipart/form-data"),
+        ("/v1/classify", "application/json"),
+        ("/v1/embeddings/images", "multipart/form-data"),
+        ("/v1/embeddings/images", "application/json"),
+        ("/v1/embeddings/texts", "application/json"),
+        ("/v1/label-sets/{name}/calibration", "application/json"),
+    }
+    for path, kind in bodies:
+        schema = spec["paths"][path]["post"]["requestBody"]["content"][kind]["schema"]
+        if "$ref" in schema:
+            schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+        assert "model" in schema["properties"], (path, kind)
+        assert "default" in schema["properties"]["model"]["description"]  # says what omitting it means
+    for path, method in (("/v1/label-sets/{name}", "get"), ("/v1/admin/reload", "post")):
+        params = {p["name"] for p in spec["paths"][path][method].get("parameters", [])}
+        assert "model" in params, path
