@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[server,train,dev]'
+	$(BIN)/pip install --quiet -e '.[server,train,dev,openvino]'
 	$(BIN)/pip install --quiet --no-deps clip-anytorch==2.6.0
 	touch $@
 

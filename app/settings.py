@@ -40,6 +40,14 @@ class Settings(BaseSettings):
     image_precision: Literal["fp32", "int8"] = Field(
         default="fp32", description="int8: the bundle's image_encoder.int8.onnx (export --int8)"
     )
+    backend: Literal["onnxruntime", "openvino"] = Field(
+        default="onnxruntime",
+        description="openvino: OpenVINO's CPU runtime on the bundle's ONNX files (pip install '.[openvino]')",
+    )
+    precision: Literal["fp32", "bf16"] = Field(
+        default="fp32",
+        description="bf16: both towers in bf16 (ZEROSHOT_BACKEND=openvino, a CPU with native bf16)",
+    )
     intra_op_threads: int | None = Field(
         default=None, ge=1, description="onnxruntime threads per session; default: all cores"
     )
@@ -207,6 +215,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"watchdog_live_s ({self.watchdog_live_s}) must not be below watchdog_ready_s "
                 f"({self.watchdog_ready_s}): a replica is taken out of the balancer before it is restarted"
+            )
+        if self.precision == "bf16" and self.backend != "openvino":
+            raise ValueError("precision bf16 needs backend openvino (onnxruntime's CPU provider runs fp32)")
+        if self.backend == "openvino" and (self.image_precision != "fp32" or self.device == "cuda"):
+            raise ValueError(
+                "backend openvino runs on the CPU in fp32 or bf16: no image_precision int8, no cuda"
             )
         if self.admin_token is not None and len(self.admin_token) < 8:
             raise ValueError("admin_token must be at least 8 characters")

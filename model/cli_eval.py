@@ -37,13 +37,21 @@ def cmd_eval(args: argparse.Namespace) -> None:
             templates,
             limit=args.limit,
             image_precision=args.image_precision,
+            backend=args.backend,
+            precision=args.precision,
         )
     else:
         from model.evaluate import evaluate_synthetic
 
         bundle = bundle_path(args.bundle)
         report = evaluate_synthetic(
-            bundle, args.heldout_images, args.seen_images, templates, image_precision=args.image_precision
+            bundle,
+            args.heldout_images,
+            args.seen_images,
+            templates,
+            image_precision=args.image_precision,
+            backend=args.backend,
+            precision=args.precision,
         )
     print(format_report(report))
 
@@ -93,6 +101,19 @@ def add_parser(sub: Any) -> None:
         default="fp32",
         help="int8: evaluate the bundle's image_encoder.int8.onnx (export --int8), as "
         "ZEROSHOT_IMAGE_PRECISION=int8 serves it; its figures are kept beside the fp32 ones in eval.json",
+    )
+    v.add_argument(
+        "--backend",
+        choices=["onnxruntime", "openvino"],
+        default="onnxruntime",
+        help="openvino: the bundle's ONNX files through OpenVINO's CPU runtime, as ZEROSHOT_BACKEND "
+        "serves them (pip install '.[openvino]'); its figures are kept beside onnxruntime's in eval.json",
+    )
+    v.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="bf16 (with --backend openvino, on a CPU with native bf16): both towers in bf16",
     )
     v.add_argument(
         "--open-set",

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from model.bundle.encoders import Encoders, ImagePrecision, OnnxEncoders, available_cpus
+from model.bundle.encoders import Backend, Encoders, ImagePrecision, available_cpus, open_encoders
 from model.bundle.format import Bundle, load_bundle, update_eval
 from model.bundle.preprocess import PreprocessConfig, preprocess_bytes
 from model.bundle.prompts import load_templates
@@ -102,6 +102,7 @@ def synthetic_report(
     return {
         "dataset": "synthetic",
         "image_precision": encoders.image_precision,
+        "backend": getattr(encoders, "backend", "onnxruntime"),
         "classes": len(classes),
         "held_out_classes": sorted(class_name(*c) for c in HELD_OUT),
         "seed": EVAL_SEED,
@@ -109,6 +110,7 @@ def synthetic_report(
         "summary": {
             "dataset": "synthetic",
             "image_precision": encoders.image_precision,
+            "backend": getattr(encoders, "backend", "onnxruntime"),
             "template_set": primary,
             "heldout_top1": results[primary]["heldout"]["top1"],
             "seen_top1": results[primary]["seen"]["top1"],
@@ -125,11 +127,14 @@ def evaluate_synthetic(
     template_sets: Sequence[str] = DEFAULT_TEMPLATE_SETS,
     write: bool = True,
     image_precision: ImagePrecision = "fp32",
+    backend: Backend = "onnxruntime",
+    precision: str = "fp32",
 ) -> dict[str, Any]:
-    """synthetic_report through the bundle's ONNX encoders; kept in its eval.json unless write=False."""
+    """synthetic_report through the bundle's ONNX encoders, on the backend and precision asked for;
+    kept in its eval.json unless write=False."""
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle)
-    encoders = OnnxEncoders(bundle, device="auto", image_precision=image_precision)
+    encoders = open_encoders(bundle, backend, precision, "auto", image_precision=image_precision)
     report = synthetic_report(encoders, heldout_images, seen_images, template_sets)
     if write:
         save_report(bundle, report)
@@ -140,7 +145,10 @@ def _report_key(report: dict[str, Any]) -> str:
     dataset = str(report.get("dataset", "synthetic"))
     key = f"folder:{report.get('folder')}" if dataset == "folder" else dataset
     precision = report.get("image_precision", "fp32")
-    return key if precision == "fp32" else f"{key}:{precision}"  # int8 figures beside fp32 ones
+    backend = report.get("backend", "onnxruntime")
+    if backend != "onnxruntime":  # openvino figures beside onnxruntime's
+        key = f"{key}:{backend}"
+    return key if precision == "fp32" else f"{key}:{precision}"  # int8 or bf16 figures beside fp32 ones
 
 
 def save_report(bundle: Bundle, report: dict[str, Any]) -> None:
@@ -267,6 +275,7 @@ def _folder_report(
     return {
         "dataset": "folder",
         "image_precision": precision,
+        "backend": getattr(encoders, "backend", "onnxruntime"),
         "folder": root,
         **counts,
         "class_names": classes,
@@ -284,12 +293,15 @@ def evaluate_folder(
     limit: int | None = None,
     write: bool = True,
     image_precision: ImagePrecision = "fp32",
+    backend: Backend = "onnxruntime",
+    precision: str = "fp32",
 ) -> dict[str, Any]:
-    """folder_report through the bundle's ONNX encoders; kept in its eval.json unless write=False."""
+    """folder_report through the bundle's ONNX encoders, on the backend and precision asked for;
+    kept in its eval.json unless write=False."""
     templates, index = _folder_args(folder, template_sets, limit)
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle)
-    encoders = OnnxEncoders(bundle, device="auto", image_precision=image_precision)
+    encoders = open_encoders(bundle, backend, precision, "auto", image_precision=image_precision)
     report = _folder_report(encoders, templates, index, limit)
     if write:
         save_report(bundle, report)
@@ -299,6 +311,9 @@ def evaluate_folder(
 def format_report(report: dict[str, Any]) -> str:
     text = _format_folder_report(report) if report.get("dataset") == "folder" else _format_synthetic(report)
     precision = report.get("image_precision", "fp32")
+    backend = report.get("backend", "onnxruntime")
+    if backend != "onnxruntime":
+        return f"backend: {backend}, {precision}\n{text}"
     return text if precision == "fp32" else f"image encoder: {precision}\n{text}"
 
 

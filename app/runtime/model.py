@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from app.settings import Settings
-from model.bundle.encoders import Encoders, OnnxEncoders
+from model.bundle.encoders import Encoders, open_encoders
 from model.bundle.format import Bundle, load_bundle
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,7 @@ class ModelRuntime:
             "sha256": self.sha,
             "created_at": m.get("created_at"),
             "architecture": {k: v for k, v in dict(m.get("architecture", {})).items() if k != "config"},
+            "backend": getattr(self.encoders, "backend", "onnxruntime"),
             "provider": self.encoders.provider,
             "image_precision": self.encoders.image_precision,
             "int8": m.get("int8"),
@@ -92,7 +93,8 @@ def load_runtime(settings: Settings, name: str, version: str) -> ModelRuntime:
     """The bundle `version` of model `name`, its ONNX encoders opened as the settings say. The runtime
     is named by its folder (what requests route by), whatever name the manifest gives."""
     bundle = load_bundle(Path(settings.models_dir) / name / version)
-    encoders = OnnxEncoders(bundle, settings.device, settings.intra_op_threads, settings.image_precision)
+    s = settings
+    encoders = open_encoders(bundle, s.backend, s.precision, s.device, s.intra_op_threads, s.image_precision)
     return ModelRuntime(
         name, bundle.version, bundle.sha, bundle.logit_scale, encoders, bundle.manifest, bundle
     )

@@ -111,6 +111,8 @@ def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
 class OnnxEncoders:
     """Image and text encoder sessions of one bundle, with the bundle's tokenizer and preprocessing."""
 
+    backend = "onnxruntime"
+
     def __init__(
         self,
         bundle: Bundle,
@@ -190,17 +192,64 @@ class OnnxEncoders:
     def encode_texts(
         self, texts: Sequence[str], batch_size: int = 256, pad_to: int | None = None
     ) -> np.ndarray:
-        """Texts -> [N, E] normalized features; each batch padded only to its longest prompt by default.
+        """Texts -> [N, E] normalized features (encode_by_length)."""
+        return encode_by_length(self, texts, batch_size, pad_to)
 
-        Texts are sorted by token length first so that batches hold prompts of similar length.
-        """
-        if not texts:
-            return np.zeros((0, self.embed_dim), np.float32)
-        lengths = self.tokenizer.token_lengths(texts)
-        order = np.argsort(lengths, kind="stable")
-        out = np.empty((len(texts), self.embed_dim), np.float32)
-        for start in range(0, len(texts), batch_size):
-            idx = order[start : start + batch_size]
-            ids = self.tokenizer.encode_batch([texts[i] for i in idx], pad_to=pad_to)
-            out[idx] = self.encode_token_ids(ids)
-        return out
+
+Backend = Literal["onnxruntime", "openvino"]
+
+
+def open_encoders(
+    bundle: Bundle,
+    backend: Backend = "onnxruntime",
+    precision: str = "fp32",
+    device: Device = "auto",
+    threads: int | None = None,
+    image_precision: ImagePrecision = "fp32",
+) -> Encoders:
+    """A bundle's encoders on the backend asked for: onnxruntime (fp32, or the int8 image encoder)
+    or OpenVINO's CPU runtime (fp32 or bf16: model/bundle/openvino_encoders.py)."""
+    if backend == "onnxruntime":
+        if precision != "fp32":
+            raise BundleError(f"precision {precision} needs the openvino backend; onnxruntime runs fp32")
+        return OnnxEncoders(bundle, device, threads, image_precision)
+    if backend != "openvino":
+        raise BundleError(f"backend must be onnxruntime or openvino, not {backend!r}")
+    if image_precision != "fp32" or device == "cuda":
+        raise BundleError(
+            "the openvino backend runs both towers on the CPU, in fp32 or bf16 (no int8, no cuda)"
+        )
+    from model.bundle.openvino_encoders import OpenVinoEncoders
+
+    return OpenVinoEncoders(bundle, "bf16" if precision == "bf16" else "fp32", threads)
+
+
+class TokenEncoder(Protocol):
+    """What encode_by_length needs: a tokenizer, the feature width and a token-id encoder."""
+
+    @property
+    def tokenizer(self) -> ClipTokenizer: ...
+
+    @property
+    def embed_dim(self) -> int: ...
+
+    def encode_token_ids(self, input_ids: np.ndarray) -> np.ndarray: ...
+
+
+def encode_by_length(
+    enc: TokenEncoder, texts: Sequence[str], batch_size: int = 256, pad_to: int | None = None
+) -> np.ndarray:
+    """Texts -> [N, E] normalized features; each batch padded only to its longest prompt by default.
+
+    Texts are sorted by token length first so that batches hold prompts of similar length.
+    """
+    if not texts:
+        return np.zeros((0, enc.embed_dim), np.float32)
+    lengths = enc.tokenizer.token_lengths(texts)
+    order = np.argsort(lengths, kind="stable")
+    out = np.empty((len(texts), enc.embed_dim), np.float32)
+    for start in range(0, len(texts), batch_size):
+        idx = order[start : start + batch_size]
+        ids = enc.tokenizer.encode_batch([texts[i] for i in idx], pad_to=pad_to)
+        out[idx] = enc.encode_token_ids(ids)
+    return out
