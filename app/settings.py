@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from model.bundle.preprocess import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS
 
+PER_MODEL = {"backend", "precision", "image_precision", "device"}  # what model_options may set
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # a folder under models_dir, never a path
 
 
@@ -47,6 +48,11 @@ class Settings(BaseSettings):
     precision: Literal["fp32", "bf16"] = Field(
         default="fp32",
         description="bf16: both towers in bf16 (ZEROSHOT_BACKEND=openvino, a CPU with native bf16)",
+    )
+    model_options: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="per-model backend, precision, image_precision or device, as JSON: "
+        '{"vit-b-32": {"backend": "openvino", "precision": "bf16"}}',
     )
     intra_op_threads: int | None = Field(
         default=None, ge=1, description="onnxruntime threads per session; default: all cores"
@@ -199,6 +205,11 @@ class Settings(BaseSettings):
         """The model folders served, the default first."""
         return self.models or (self.model_name,)
 
+    def for_model(self, name: str) -> Settings:
+        """These settings with the model's own options (model_options) in place, checked again."""
+        options = self.model_options.get(name)
+        return self if not options else Settings(**{**self.model_dump(), **options, "model_options": {}})
+
     @field_validator("admin_token", mode="before")
     @classmethod
     def _empty_is_unset(cls, v: object) -> object:
@@ -216,6 +227,15 @@ class Settings(BaseSettings):
                 f"watchdog_live_s ({self.watchdog_live_s}) must not be below watchdog_ready_s "
                 f"({self.watchdog_ready_s}): a replica is taken out of the balancer before it is restarted"
             )
+        strangers = sorted(set(self.model_options) - set(self.served_models))
+        if strangers:
+            raise ValueError(
+                f"model_options names {', '.join(strangers)}, not served (models: {self.served_models})"
+            )
+        for name, options in self.model_options.items():
+            extra = sorted(set(options) - PER_MODEL)
+            if extra:
+                raise ValueError(f"model_options[{name!r}]: {', '.join(extra)} cannot be set per model")
         if self.precision == "bf16" and self.backend != "openvino":
             raise ValueError("precision bf16 needs backend openvino (onnxruntime's CPU provider runs fp32)")
         if self.backend == "openvino" and (self.image_precision != "fp32" or self.device == "cuda"):

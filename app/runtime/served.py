@@ -97,7 +97,8 @@ class ModelSet:
 
     def __init__(self, settings: Settings, factory: RuntimeFactory, builds: SetBuilds) -> None:
         names = settings.served_models
-        self.by_name = {n: ServedModel(n, settings, factory, builds) for n in names}
+        # each model's own backend and precision (model_options), checked like the settings themselves
+        self.by_name = {n: ServedModel(n, settings.for_model(n), factory, builds) for n in names}
         self.default = self.by_name[names[0]]
 
     def __iter__(self) -> Iterator[ServedModel]:

@@ -234,3 +234,26 @@ def test_the_openapi_schema_documents_the_model_field_everywhere(tmp_path: Path)
     for path, method in (("/v1/label-sets/{name}", "get"), ("/v1/admin/reload", "post")):
         params = {p["name"] for p in spec["paths"][path][method].get("parameters", [])}
         assert "model" in params, path
+
+
+def test_each_model_can_have_its_own_backend_and_precision(tmp_path: Path) -> None:
+    options = {"second": {"backend": "openvino", "precision": "bf16"}}
+    s = two_models(tmp_path, model_options=options)
+    seen: dict[str, tuple[str, str]] = {}
+
+    def factory(settings: Settings, name: str, version: str) -> ModelRuntime:
+        seen[name] = (settings.backend, settings.precision)
+        return by_width(settings, name, version)
+
+    with TestClient(create_app(s, factory)) as c:
+        assert c.get("/readyz").status_code == 200
+    assert seen == {"default": ("onnxruntime", "fp32"), "second": ("openvino", "bf16")}
+    assert s.for_model("default") is s  # no options: the settings themselves
+    for bad, why in (
+        ({"third": {"backend": "openvino"}}, "third, not served"),
+        ({"second": {"max_batch": "4"}}, "max_batch cannot be set per model"),
+    ):
+        with pytest.raises(ValidationError, match=why):
+            two_models(tmp_path, model_options=bad)
+    with pytest.raises(ValidationError, match="needs backend openvino"):  # checked like the settings
+        two_models(tmp_path, model_options={"second": {"precision": "bf16"}}).for_model("second")

@@ -64,9 +64,11 @@ def test_admin_reload_swaps_and_refuses_broken_bundles(models: Path) -> None:
     )
     with TestClient(create_app(s)) as c:
         assert request(c) == "v1"
-        assert c.post("/v1/admin/reload", headers=AUTH).json() == {"changed": False, "version": "v1"}
+        unchanged = {"changed": False, "version": "v1"}
+        assert c.post("/v1/admin/reload", headers=AUTH).json() == {**unchanged, "models": {"m": unchanged}}
         publish_copy(models / "m", "v2")
-        assert c.post("/v1/admin/reload", headers=AUTH).json() == {"changed": True, "version": "v2"}
+        swapped = {"changed": True, "version": "v2"}
+        assert c.post("/v1/admin/reload", headers=AUTH).json() == {**swapped, "models": {"m": swapped}}
         assert request(c) == "v2"
         publish_copy(models / "m", "v3", corrupt=True)
         r = c.post("/v1/admin/reload", headers=AUTH)
