@@ -48,13 +48,27 @@ class Announcement:
 
 
 @dataclass
+class _Place:
+    """An item's images as counted in the queue. The item's future holds its done-callback, and
+    that callback holds this, not the item: a callback holding the item would make a reference
+    cycle, so every answered item (its pixels and its model) would wait for the cyclic GC, and a
+    model a reload replaced would stay in memory until then."""
+
+    images: int
+    released: bool = False  # its images no longer count as pending
+
+
+@dataclass
 class _Item:
     model: ImageModel
     pixels: np.ndarray  # [n, 3, S, S]
     deadline: float  # time.monotonic()
     enqueued: float
     future: concurrent.futures.Future[np.ndarray] = field(default_factory=concurrent.futures.Future)
-    released: bool = False  # its images no longer count as pending
+    place: _Place = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.place = _Place(len(self.pixels))
 
 
 BatchHook = Callable[[int, float, float], None]  # (images in batch, oldest wait s, encoder s)
@@ -146,7 +160,7 @@ class ImageBatcher:
         for it in items:
             # A request cancelled while queued (its client went away) frees its place at once; the
             # worker skips the item when it comes to it.
-            it.future.add_done_callback(functools.partial(self._forget, it))
+            it.future.add_done_callback(functools.partial(self._forget, it.place))
             self._q.put(it)
         return items
 
@@ -205,31 +219,8 @@ class ImageBatcher:
             return self._q.get(timeout=remaining)
 
     def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            if self._carry is not None:
-                first, self._carry = self._carry, None
-            else:
-                got = self._q.get()
-                if got is None:
-                    break
-                first = got
-            batch, n = [first], len(first.pixels)
-            until = time.monotonic() + self.max_wait_s
-            while n < self.max_batch:
-                try:
-                    nxt = self._take(until)
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stopping = True
-                    break
-                if nxt.model is not first.model or n + len(nxt.pixels) > self.max_batch:
-                    self._carry = nxt  # it starts the next batch
-                    break
-                batch.append(nxt)
-                n += len(nxt.pixels)
-            self._process(batch)
+        while self._batch_once():
+            pass
         if self._carry is not None:  # answer what is left before stopping
             self._process([self._carry])
             self._carry = None
@@ -240,6 +231,36 @@ class ImageBatcher:
                 break
             if item is not None:
                 self._process([item])
+
+    def _batch_once(self) -> bool:
+        """Form one batch and run it; False once told to stop. A method of its own so that its
+        locals go when it returns: the worker waiting for the next item must not keep the last
+        batch alive, pixels and model with it (a model a reload replaced would never be freed)."""
+        if self._carry is not None:
+            first, self._carry = self._carry, None
+        else:
+            got = self._q.get()
+            if got is None:
+                return False
+            first = got
+        batch, n = [first], len(first.pixels)
+        until = time.monotonic() + self.max_wait_s
+        stopping = False
+        while n < self.max_batch:
+            try:
+                nxt = self._take(until)
+            except queue.Empty:
+                break
+            if nxt is None:
+                stopping = True
+                break
+            if nxt.model is not first.model or n + len(nxt.pixels) > self.max_batch:
+                self._carry = nxt  # it starts the next batch
+                break
+            batch.append(nxt)
+            n += len(nxt.pixels)
+        self._process(batch)
+        return not stopping
 
     def _process(self, batch: list[_Item]) -> None:
         now = time.monotonic()
@@ -280,23 +301,23 @@ class ImageBatcher:
         start = 0
         for it in live:
             k = len(it.pixels)
-            self._release(it)
+            self._release(it.place)
             with contextlib.suppress(concurrent.futures.InvalidStateError):  # cancelled meanwhile
                 it.future.set_result(feats[start : start + k])
             start += k
 
-    def _forget(self, it: _Item, future: concurrent.futures.Future[np.ndarray]) -> None:
+    def _forget(self, place: _Place, future: concurrent.futures.Future[np.ndarray]) -> None:
         if future.cancelled():
             self.cancelled += 1
-            self._release(it)
+            self._release(place)
 
-    def _release(self, it: _Item) -> None:
+    def _release(self, place: _Place) -> None:
         with self._lock:
-            if not it.released:
-                it.released = True
-                self._pending -= len(it.pixels)
+            if not place.released:
+                place.released = True
+                self._pending -= place.images
 
     def _fail(self, it: _Item, e: BaseException) -> None:
-        self._release(it)
+        self._release(it.place)
         with contextlib.suppress(concurrent.futures.InvalidStateError):
             it.future.set_exception(e)

@@ -48,7 +48,7 @@ class Build:
     """One set's build for the models served: its progress while it runs, its outcome after."""
 
     label_set: LabelSet
-    runtimes: tuple[ModelRuntime, ...]  # built for each in turn, the default model first
+    runtimes: tuple[ModelRuntime, ...]  # built for each in turn, the default first; () once finished
     total: int  # prompts to encode (labels x templates x models; fewer once the cache says what it holds)
     done: int = 0
     status: Status = "building"
@@ -62,6 +62,12 @@ class Build:
     step: int = 0  # the model being built: an index into runtimes
     _before: int = 0  # prompts encoded for the models already built
     _current: int = 0  # prompts the model being built encodes
+    shas: tuple[str, ...] = ()  # of the runtimes, kept once they are let go
+    models: list[dict[str, str]] = field(default_factory=list)  # their refs, for GET
+
+    def __post_init__(self) -> None:
+        self.shas = tuple(rt.sha for rt in self.runtimes)
+        self.models = [rt.ref for rt in self.runtimes]
 
     def progress(self, done: int, total: int) -> None:
         """Prompts done of `total` for the model being built (after those of the models before it)."""
@@ -81,10 +87,6 @@ class Build:
     @property
     def per_model(self) -> int:
         return len(self.label_set.labels) * len(self.label_set.templates)
-
-    @property
-    def shas(self) -> tuple[str, ...]:
-        return tuple(rt.sha for rt in self.runtimes)
 
     @property
     def elapsed_s(self) -> float:
@@ -108,8 +110,8 @@ class Build:
         eta = self.eta_s
         return {
             "status": self.status,
-            "model": self.runtimes[0].ref if self.runtimes else None,
-            "models": [rt.ref for rt in self.runtimes],
+            "model": self.models[0] if self.models else None,
+            "models": self.models,
             "labels": len(self.label_set.labels),
             "templates": len(self.label_set.templates),
             "prompts_done": self.total if self.status == "ready" else self.done,
@@ -197,6 +199,7 @@ class SetBuilds:
             )
         finally:
             b.finished = time.monotonic()
+            b.runtimes = ()  # a finished build must not keep a model a reload replaced alive
             b.event.set()
 
     def get(self, name: str) -> Build | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import io
+import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -146,3 +147,24 @@ def test_a_replaced_model_is_given_back_to_the_system_once_no_request_holds_it(
     holder.reload()  # nobody holds fake-2: released at the swap itself
     assert released == ["trim", "trim"]
     assert reload_module._malloc_trim() is not None  # glibc's, found (this project runs on Debian)
+
+
+def test_a_replaced_model_is_freed_once_its_requests_are_answered_without_waiting_for_the_gc(
+    tmp_path: Path,
+) -> None:
+    """No reference cycle and no idle worker keeps the last batch's model: with the cyclic GC off,
+    the model a reload replaced is gone as soon as the reload returns."""
+
+    async def body(engine: Engine) -> tuple[bool, bool]:
+        for _ in range(3):
+            await classify(engine, LabelQuery(labels=["a", "b"]))
+        old = weakref.ref(engine.runtime())
+        (engine.settings.models_dir / "default" / "CURRENT").write_text("fake-2\n")
+        await engine.reload()
+        return old() is None, engine.models.default.holder._retired == []
+
+    gc.disable()
+    try:
+        assert run(tmp_path, body) == (True, True)  # freed, and its memory released at the swap
+    finally:
+        gc.enable()
