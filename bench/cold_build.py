@@ -53,7 +53,9 @@ def fresh_label(i: int, tag: str) -> str:
 
 def put_set(c: httpx.Client, name: str, labels: list[str], templates: str) -> tuple[float, float]:
     t = time.perf_counter()
-    r = c.put(f"/v1/label-sets/{name}", json={"labels": labels, "templates": templates}, headers=ADMIN)
+    # ?wait=true: the build is what is timed, so the call holds until it ends (not 202 at once)
+    body = {"labels": labels, "templates": templates}
+    r = c.put(f"/v1/label-sets/{name}?wait=true", json=body, headers=ADMIN)
     t1 = time.perf_counter()
     if r.status_code != 200 or r.json()["embeddings"]["source"] != "encoded":
         raise RuntimeError(f"PUT {name}: {r.status_code} {r.text[:300]}")
