@@ -490,7 +490,7 @@ def main() -> None:
         try:
             t = time.monotonic()
             r = httpx.put(
-                f"{base}/v1/label-sets/big",
+                f"{base}/v1/label-sets/big?wait=true",  # the build is timed: hold until it ends
                 json={"labels": big, "templates": "imagenet80"},
                 headers={"Authorization": f"Bearer {TOKEN}"},
                 timeout=3600,

@@ -96,7 +96,7 @@ def main() -> None:
             big = [f"object number {i}" for i in range(1000)]
             t = time.perf_counter()
             r = c.put(
-                "/v1/label-sets/big",
+                "/v1/label-sets/big?wait=true",  # the build is timed: hold until it ends
                 json={"labels": big, "templates": "imagenet80"},
                 headers={"Authorization": f"Bearer {TOKEN}"},
             )
