@@ -99,10 +99,11 @@ def synthetic_report(
     primary = "synthetic" if "synthetic" in results else template_sets[0]
     held = results[primary]["heldout"]["per_class_top1"]
     weakest = min(held, key=held.__getitem__)
+    backend = getattr(encoders, "backend", "onnxruntime")  # a torch model in training has none
     return {
         "dataset": "synthetic",
         "image_precision": encoders.image_precision,
-        "backend": getattr(encoders, "backend", "onnxruntime"),
+        "backend": backend,
         "classes": len(classes),
         "held_out_classes": sorted(class_name(*c) for c in HELD_OUT),
         "seed": EVAL_SEED,
@@ -110,7 +111,7 @@ def synthetic_report(
         "summary": {
             "dataset": "synthetic",
             "image_precision": encoders.image_precision,
-            "backend": getattr(encoders, "backend", "onnxruntime"),
+            "backend": backend,
             "template_set": primary,
             "heldout_top1": results[primary]["heldout"]["top1"],
             "seen_top1": results[primary]["seen"]["top1"],

@@ -24,7 +24,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -41,7 +41,7 @@ class ImageModel(Protocol):
 
 @dataclass
 class Announcement:
-    """A request admitted at the door and on its way to the queue (see `announce`)."""
+    """A request admitted at the door and on its way to the queue (see `admit`)."""
 
     done: bool = False
     started: float = field(default_factory=time.perf_counter)  # when it was admitted
@@ -164,15 +164,6 @@ class ImageBatcher:
             self._q.put(it)
         return items
 
-    @contextlib.contextmanager
-    def announce(self) -> Iterator[Announcement]:
-        """`admit` a request for the length of the block (then `release` it)."""
-        a = self.admit()
-        try:
-            yield a
-        finally:
-            self.release(a)
-
     def admit(self) -> Announcement:
         """Admit a request at the door and mark it as on its way (reading and decoding its images)
         until it submits or is released. Refused with QueueFull, before its body is read, when the
@@ -209,7 +200,7 @@ class ImageBatcher:
     # --- the worker thread ---
     def _take(self, until: float) -> _Item | None:
         """The next item for the batch being formed: what is queued now, or - while requests are
-        known to be on their way (`announce`) - what arrives before `until`. Raises queue.Empty."""
+        known to be on their way (`admit`) - what arrives before `until`. Raises queue.Empty."""
         try:
             return self._q.get_nowait()
         except queue.Empty:

@@ -49,7 +49,7 @@ class Build:
 
     label_set: LabelSet
     runtimes: tuple[ModelRuntime, ...]  # built for each in turn, the default first; () once finished
-    total: int  # prompts to encode (labels x templates x models; fewer once the cache says what it holds)
+    total: int = 0  # prompts to encode: labels x templates x models; fewer once the cache says what it holds
     done: int = 0
     status: Status = "building"
     source: str | None = None  # where the matrix came from: memory, disk or encoded
@@ -66,6 +66,7 @@ class Build:
     models: list[dict[str, str]] = field(default_factory=list)  # their refs, for GET
 
     def __post_init__(self) -> None:
+        self.total = self.per_model * len(self.runtimes)
         self.shas = tuple(rt.sha for rt in self.runtimes)
         self.models = [rt.ref for rt in self.runtimes]
 
@@ -166,7 +167,7 @@ class SetBuilds:
                 if old.shas == tuple(rt.sha for rt in rts) and old.label_set.digest == ls.digest:
                     return old
                 old.cancelled = True  # superseded: its next slice stops it
-            b = Build(ls, rts, total=len(ls.labels) * len(ls.templates) * len(rts))
+            b = Build(ls, rts)
             self._builds[ls.name] = b
         threading.Thread(target=self._run, args=(b,), name=f"label-set-{ls.name}", daemon=True).start()
         return b

@@ -37,9 +37,12 @@ async def encode_all(b: ImageBatcher, model: Fake, groups: list[tuple[int, ...]]
     """Requests that announce themselves first (as routes do while decoding), then submit."""
 
     async def one(g: tuple[int, ...]) -> np.ndarray:
-        with b.announce() as coming:
+        coming = b.admit()
+        try:
             await asyncio.sleep(0)  # "decoding": every request announces before any submits
             items = b.submit(model, images(*g), 10.0, coming)
+        finally:
+            b.release(coming)
         return await b.wait(items)
 
     return list(await asyncio.gather(*(one(g) for g in groups)))
