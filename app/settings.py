@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from model.bundle.preprocess import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS
+from model.bundle.providers import GpuOptions
 
 PER_MODEL = {"backend", "precision", "image_precision", "device"}  # what model_options may set
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # a folder under models_dir, never a path
@@ -35,8 +36,9 @@ class Settings(BaseSettings):
         description="model folders served at once (comma list; the first is the default a request "
         "without `model` gets); empty: model_name alone",
     )
-    device: Literal["auto", "cuda", "cpu"] = Field(
-        default="auto", description="auto: CUDA when onnxruntime offers it and a GPU answers, else CPU"
+    device: Literal["auto", "tensorrt", "cuda", "cpu"] = Field(
+        default="auto",
+        description="auto: TensorRT, else CUDA, else the CPU, whichever onnxruntime offers first",
     )
     image_precision: Literal["fp32", "int8"] = Field(
         default="fp32", description="int8: the bundle's image_encoder.int8.onnx (export --int8)"
@@ -45,9 +47,28 @@ class Settings(BaseSettings):
         default="onnxruntime",
         description="openvino: OpenVINO's CPU runtime on the bundle's ONNX files (pip install '.[openvino]')",
     )
-    precision: Literal["fp32", "bf16"] = Field(
+    precision: Literal["fp32", "fp16", "bf16", "int8"] = Field(
         default="fp32",
-        description="bf16: both towers in bf16 (ZEROSHOT_BACKEND=openvino, a CPU with native bf16)",
+        description="fp16: the bundle's fp16 files (export --fp16; for a GPU); bf16: both towers in "
+        "bf16 (ZEROSHOT_BACKEND=openvino, a CPU with native bf16); int8: the int8 image encoder",
+    )
+    # the GPU (onnxruntime's CUDA and TensorRT providers: model/bundle/providers.py)
+    gpu_device_id: int = Field(default=0, ge=0, description="which GPU")
+    gpu_mem_limit_mb: int | None = Field(
+        default=None, ge=64, description="cap on the CUDA arena (and TensorRT workspace), MiB"
+    )
+    gpu_arena_strategy: Literal["next_power_of_two", "same_as_requested"] = Field(
+        default="next_power_of_two",
+        description="how the CUDA arena grows: powers of two (fewer allocations) or as asked (less waste)",
+    )
+    cudnn_conv_algo_search: Literal["exhaustive", "heuristic", "default"] = Field(
+        default="exhaustive", description="cuDNN's convolution search, paid once per shape at warm-up"
+    )
+    tensorrt_cache_dir: Path | None = Field(
+        default=None, description="where TensorRT engines are kept across restarts; unset: rebuilt each start"
+    )
+    tensorrt_fp16: bool = Field(
+        default=True, description="TensorRT builds fp16 kernels where they are faster"
     )
     model_options: dict[str, dict[str, str]] = Field(
         default_factory=dict,
@@ -66,6 +87,12 @@ class Settings(BaseSettings):
     )
     # the image micro-batcher
     max_batch: int = Field(default=32, ge=1, le=1024, description="images per image-encoder call")
+    decode_workers: int | None = Field(
+        default=None,
+        ge=1,
+        description="threads decoding and preprocessing uploaded images, shared by all models: Pillow "
+        "releases the GIL, so they run in parallel and keep the encoder fed; default: the CPUs available",
+    )
     max_wait_ms: float = Field(
         default=2.0, ge=0, le=10_000, description="how long a batch waits for more images once it has one"
     )
@@ -205,6 +232,18 @@ class Settings(BaseSettings):
         """The model folders served, the default first."""
         return self.models or (self.model_name,)
 
+    def gpu_options(self) -> GpuOptions:
+        """The GPU settings as the encoders take them; TensorRT's profile spans max_batch images."""
+        return GpuOptions(
+            self.gpu_device_id,
+            self.gpu_mem_limit_mb,
+            self.gpu_arena_strategy,
+            self.cudnn_conv_algo_search,
+            self.tensorrt_cache_dir,
+            self.tensorrt_fp16,
+            self.max_batch,
+        )
+
     def for_model(self, name: str) -> Settings:
         """These settings with the model's own options (model_options) in place, checked again."""
         options = self.model_options.get(name)
@@ -238,10 +277,16 @@ class Settings(BaseSettings):
                 raise ValueError(f"model_options[{name!r}]: {', '.join(extra)} cannot be set per model")
         if self.precision == "bf16" and self.backend != "openvino":
             raise ValueError("precision bf16 needs backend openvino (onnxruntime's CPU provider runs fp32)")
-        if self.backend == "openvino" and (self.image_precision != "fp32" or self.device == "cuda"):
+        if self.backend == "openvino" and (
+            self.precision not in ("fp32", "bf16")
+            or self.image_precision != "fp32"
+            or self.device not in ("auto", "cpu")
+        ):
             raise ValueError(
-                "backend openvino runs on the CPU in fp32 or bf16: no image_precision int8, no cuda"
+                "backend openvino runs on the CPU in fp32 or bf16: no fp16 or int8, no GPU device"
             )
+        if self.precision == "fp16" and self.image_precision == "int8":
+            raise ValueError("precision fp16 runs both towers' fp16 files: not with image_precision int8")
         if self.admin_token is not None and len(self.admin_token) < 8:
             raise ValueError("admin_token must be at least 8 characters")
         return self

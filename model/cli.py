@@ -88,6 +88,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         publish=not args.no_publish,
         int8=args.int8,
         calibration_folder=args.int8_calibration,
+        fp16=args.fp16,
     )
     print(
         f"bundle: {bundle.path}  ({describe_parity(bundle.manifest['parity'])})"
@@ -120,6 +121,7 @@ def cmd_import(args: argparse.Namespace) -> None:
         tolerance=args.tolerance,
         publish=not args.no_publish,
         extra_manifest={"source": source},
+        fp16=args.fp16,
     )
     save_imported_checkpoint(imported.model, ckpt_path, source)
     print(
@@ -217,6 +219,12 @@ def _train_parser(sub: Subparsers) -> None:
     t.set_defaults(func=cmd_train)
 
 
+FP16_HELP = (
+    "also write image_encoder.fp16.onnx and text_encoder.fp16.onnx (for a GPU: ZEROSHOT_PRECISION=fp16); "
+    "refused unless both agree with torch fp32 (cosine >= 0.999, top-1 agreement >= 99.5%%)"
+)
+
+
 def _export_parser(sub: Subparsers) -> None:
     e = sub.add_parser("export", help="export a checkpoint to an ONNX model bundle")
     e.add_argument("--checkpoint", required=True, help="checkpoint written by `zeroshot train`")
@@ -239,6 +247,7 @@ def _export_parser(sub: Subparsers) -> None:
         help="with --int8: images like those you serve (up to 256 are used) to calibrate a ResNet's "
         "int8 ranges (default: the rendered sample images, right only for the synthetic default model)",
     )
+    e.add_argument("--fp16", action="store_true", help=FP16_HELP)
     e.set_defaults(func=cmd_export)
 
 
@@ -264,6 +273,7 @@ def _import_parser(sub: Subparsers) -> None:
     im.add_argument(
         "--checkpoint-out", help="zeroshot checkpoint of the weights (default runs/import-NAME/imported.pt)"
     )
+    im.add_argument("--fp16", action="store_true", help=FP16_HELP)
     im.set_defaults(func=cmd_import)
 
 

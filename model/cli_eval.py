@@ -111,9 +111,9 @@ def add_parser(sub: Any) -> None:
     )
     v.add_argument(
         "--precision",
-        choices=["fp32", "bf16"],
+        choices=["fp32", "fp16", "bf16"],
         default="fp32",
-        help="bf16 (with --backend openvino, on a CPU with native bf16): both towers in bf16",
+        help="fp16: the bundle's fp16 files (export --fp16); bf16: with --backend openvino (native bf16)",
     )
     v.add_argument(
         "--open-set",

@@ -37,6 +37,7 @@ from model.bundle.format import (
 from model.bundle.preprocess import PreprocessConfig
 from model.bundle.tokenizer import ClipTokenizer
 from model.clip import CLIP
+from model.fp16 import Fp16Error, write_fp16_encoders
 from model.quantize import quantize_image_encoder
 
 log = logging.getLogger(__name__)
@@ -141,22 +142,34 @@ def describe_parity(parity: Mapping[str, Any]) -> str:
     )
 
 
-def check_parity(
-    model: CLIP, out_dir: Path, images: np.ndarray, token_ids: Sequence[np.ndarray], tolerance: float
-) -> Parity:
-    """Run both ONNX files in onnxruntime and compare normalized features with torch."""
+def torch_features(
+    model: CLIP, images: np.ndarray, token_ids: Sequence[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """torch fp32's normalized features of the images [N, E] and of every token batch, in order."""
     model = model.eval().float()
-    img_sess, txt_sess = open_session(out_dir / IMAGE_ENCODER), open_session(out_dir / TEXT_ENCODER)
     with torch.no_grad():
-        ref = F.normalize(model.encode_image(torch.from_numpy(images)), dim=-1).numpy()
-    got = run_normalized(img_sess, {"pixel_values": images})
-    img_diff = float(np.abs(ref - got).max())
+        img = F.normalize(model.encode_image(torch.from_numpy(images)), dim=-1).numpy()
+        txt = [F.normalize(model.encode_text(torch.from_numpy(ids)), dim=-1).numpy() for ids in token_ids]
+    return img, np.concatenate(txt)
+
+
+def check_parity(
+    ref: tuple[np.ndarray, np.ndarray],
+    out_dir: Path,
+    images: np.ndarray,
+    token_ids: Sequence[np.ndarray],
+    tolerance: float,
+) -> Parity:
+    """Run both ONNX files in onnxruntime and compare their normalized features with torch's
+    (`ref`: torch_features of the same images and token batches)."""
+    img_sess, txt_sess = open_session(out_dir / IMAGE_ENCODER), open_session(out_dir / TEXT_ENCODER)
+    ref_img, ref_txt = ref
+    img_diff = float(np.abs(ref_img - run_normalized(img_sess, {"pixel_values": images})).max())
     txt_diff, n_txt = 0.0, 0
     for ids in token_ids:  # batches of different padded lengths exercise the dynamic sequence axis
-        with torch.no_grad():
-            ref = F.normalize(model.encode_text(torch.from_numpy(ids)), dim=-1).numpy()
         got = run_normalized(txt_sess, {"input_ids": ids})
-        txt_diff, n_txt = max(txt_diff, float(np.abs(ref - got).max())), n_txt + len(ids)
+        want = ref_txt[n_txt : n_txt + len(ids)]
+        txt_diff, n_txt = max(txt_diff, float(np.abs(want - got).max())), n_txt + len(ids)
     parity = Parity(img_diff, txt_diff, tolerance, len(images), n_txt)
     log.info(
         "ONNX vs torch: image max abs diff %.2e, text %.2e (tolerance %.0e)", img_diff, txt_diff, tolerance
@@ -192,12 +205,14 @@ def export_bundle(
     extra_manifest: dict[str, Any] | None = None,
     int8: bool = False,
     calibration: np.ndarray | None = None,
+    fp16: bool = False,
 ) -> Bundle:
     """Export, check parity, write the bundle atomically and (by default) make it CURRENT.
 
     ``sample_images`` are preprocessed real images [N, 3, S, S]; ``sample_texts`` real prompts.
     ``int8`` adds image_encoder.int8.onnx, with its agreement with fp32 on the sample images;
-    ``calibration`` (preprocessed images like those served) sets a ResNet's int8 activation ranges.
+    ``calibration`` (preprocessed images like those served) sets a ResNet's int8 activation ranges;
+    ``fp16`` adds image_encoder.fp16.onnx and text_encoder.fp16.onnx, gated (model/fp16.py).
     """
     cfg = model.config
     preprocess = preprocess or PreprocessConfig(image_size=cfg.vision.image_size)
@@ -212,12 +227,19 @@ def export_bundle(
     def write_files(tmp: Path) -> dict[str, Any]:
         log.info("exporting ONNX encoders")
         export_onnx(model, tmp)
-        parity = check_parity(model, tmp, images, token_batches, tolerance)
+        ref = torch_features(model, images, token_batches)
+        parity = check_parity(ref, tmp, images, token_batches, tolerance)
         tokenizer.save(tmp / TOKENIZER)
         extra: dict[str, Any] = {"parity": parity.as_dict()}
         if int8:
             log.info("quantizing the image encoder to int8")
             extra["int8"] = quantize_image_encoder(tmp, images, cfg.vision.kind, calibration)
+        if fp16:
+            log.info("converting both encoders to fp16")
+            try:
+                extra["fp16"] = write_fp16_encoders(tmp, images, token_batches, *ref)
+            except Fp16Error as e:
+                raise ExportError(str(e)) from None
         return extra
 
     manifest = {**_manifest(model, tokenizer, preprocess), **(extra_manifest or {})}
@@ -293,6 +315,7 @@ def export_checkpoint(
     int8: bool = False,
     n_images: int = SAMPLE_IMAGES,
     calibration_folder: str | Path | None = None,
+    fp16: bool = False,
 ) -> Bundle:
     """A training checkpoint -> a bundle in model_dir; the manifest names the checkpoint, so a later
     fine-tuning run can start from the bundle (model/checkpoints.py resolve_init).
@@ -324,4 +347,5 @@ def export_checkpoint(
         extra_manifest={"source": {"checkpoint": str(checkpoint)}},  # as given, like `import`
         int8=int8,
         calibration=calibration,
+        fp16=fp16,
     )

@@ -15,7 +15,8 @@ The config is a JSON file:
       "metric": "top1",                            # a key of the eval summary (synthetic: heldout_top1)
       "margin": 0.01,                              # allowed drop, as a fraction (0.01 = 1 point)
       "int8": false,                               # also write image_encoder.int8.onnx
-      "int8_calibration": "data/train"             # images to calibrate a ResNet's int8 ranges
+      "int8_calibration": "data/train",           # images to calibrate a ResNet's int8 ranges
+      "fp16": false                                # also write the gated fp16 encoders (for a GPU)
     }
 """
 
@@ -91,6 +92,7 @@ class RetrainConfig:
     margin: float = 0.0
     int8: bool = False
     int8_calibration: str | None = None  # a folder of images like those served (export --int8-calibration)
+    fp16: bool = False  # also write the gated fp16 encoders (export --fp16)
     tolerance: float = 1e-4
 
     @classmethod
@@ -177,6 +179,7 @@ def retrain(cfg: RetrainConfig, force: bool = False, say: Any = print) -> int:
         publish=False,
         int8=cfg.int8,
         calibration_folder=cfg.int8_calibration,
+        fp16=cfg.fp16,
     )
     say(f"    bundle {new.version}: {describe_parity(new.manifest['parity'])}")
     key = cfg.metric_key

@@ -77,8 +77,10 @@ class ModelRuntime:
             "architecture": {k: v for k, v in dict(m.get("architecture", {})).items() if k != "config"},
             "backend": getattr(self.encoders, "backend", "onnxruntime"),
             "provider": self.encoders.provider,
+            "precision": getattr(self.encoders, "precision", "fp32"),  # the text tower's too
             "image_precision": self.encoders.image_precision,
             "int8": m.get("int8"),
+            "fp16": m.get("fp16"),  # export --fp16's agreement with torch fp32
             "logit_scale": self.logit_scale,
             "parity": m.get("parity"),
             "eval": (evaluated or {}).get("summary"),
@@ -94,7 +96,9 @@ def load_runtime(settings: Settings, name: str, version: str) -> ModelRuntime:
     is named by its folder (what requests route by), whatever name the manifest gives."""
     bundle = load_bundle(Path(settings.models_dir) / name / version)
     s = settings
-    encoders = open_encoders(bundle, s.backend, s.precision, s.device, s.intra_op_threads, s.image_precision)
+    encoders = open_encoders(
+        bundle, s.backend, s.precision, s.device, s.intra_op_threads, s.image_precision, s.gpu_options()
+    )
     return ModelRuntime(
         name, bundle.version, bundle.sha, bundle.logit_scale, encoders, bundle.manifest, bundle
     )

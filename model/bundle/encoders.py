@@ -17,21 +17,25 @@ import onnxruntime as ort
 
 from model.bundle.format import (
     IMAGE_ENCODER,
+    IMAGE_ENCODER_FP16,
     IMAGE_ENCODER_INT8,
     TEXT_ENCODER,
+    TEXT_ENCODER_FP16,
     TOKENIZER,
     Bundle,
     BundleError,
 )
+from model.bundle.io_binding import BoundRunner
 from model.bundle.preprocess import PreprocessConfig
+from model.bundle.providers import Device, GpuOptions, InputProfile, ProviderList, choose_providers
 from model.bundle.tokenizer import ClipTokenizer
 
 log = logging.getLogger(__name__)
 
 CPU = ("CPUExecutionProvider",)
-
-Device = Literal["auto", "cuda", "cpu"]
+GPU_PROVIDERS = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
 ImagePrecision = Literal["fp32", "int8"]  # which image encoder of a bundle: int8 needs export --int8
+OnnxPrecision = Literal["fp32", "fp16"]  # both towers under onnxruntime: fp16 needs export --fp16
 
 
 class TextEncoder(Protocol):
@@ -65,9 +69,10 @@ class Encoders(TextEncoder, Protocol):
 
 
 def open_session(
-    path: Path, opts: ort.SessionOptions | None = None, providers: Sequence[str] = CPU
+    path: Path, opts: ort.SessionOptions | None = None, providers: Sequence[str] | ProviderList = CPU
 ) -> ort.InferenceSession:
-    """An onnxruntime session of one file; a file it cannot load is a BundleError naming the file."""
+    """An onnxruntime session of one file; a file it cannot load is a BundleError naming the file.
+    `providers`: names, or (name, options) pairs (model/bundle/providers.py)."""
     try:
         return ort.InferenceSession(str(path), sess_options=opts, providers=list(providers))
     except Exception as e:  # onnxruntime raises its own untyped errors for a bad file
@@ -77,18 +82,6 @@ def open_session(
 def run_normalized(session: ort.InferenceSession, inputs: dict[str, np.ndarray]) -> np.ndarray:
     """The session's first output, L2-normalized along its last axis, as float32."""
     return l2_normalize(session.run(None, inputs)[0].astype(np.float32, copy=False))
-
-
-def choose_providers(device: Device) -> list[str]:
-    """Execution providers for a device setting; CUDA only when this onnxruntime build offers it."""
-    available = ort.get_available_providers()
-    if device == "cpu":
-        return list(CPU)
-    if "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", *CPU]
-    if device == "cuda":
-        raise BundleError(f"device=cuda asked for, but onnxruntime offers only {', '.join(available)}")
-    return list(CPU)
 
 
 def available_cpus() -> int:
@@ -119,24 +112,29 @@ class OnnxEncoders:
         device: Device = "auto",
         intra_op_threads: int | None = None,
         image_precision: ImagePrecision = "fp32",
+        precision: OnnxPrecision = "fp32",
+        gpu: GpuOptions | None = None,
     ) -> None:
         self.bundle = bundle
-        self.image_precision = image_precision
-        self.providers = choose_providers(device)
+        self.device, self.gpu = device, gpu or GpuOptions()
+        self.precision = precision  # fp16: both towers' fp16 files (export --fp16)
+        self.image_precision = "fp16" if precision == "fp16" else image_precision
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = intra_op_threads or available_cpus()
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if image_precision == "int8" and IMAGE_ENCODER_INT8 not in bundle.manifest.get("files", {}):
-            raise BundleError(
-                f"{bundle.path} has no {IMAGE_ENCODER_INT8}: export it with `zeroshot export --int8`, "
-                "or serve with ZEROSHOT_IMAGE_PRECISION=fp32"
-            )
-        self.image_session = self._session(
-            IMAGE_ENCODER_INT8 if image_precision == "int8" else IMAGE_ENCODER, opts
-        )
-        self.text_session = self._session(TEXT_ENCODER, opts)
+        self.image_session, self.text_session = self._open_sessions(opts)
         self.provider = self.image_session.get_providers()[0]
+        # On a GPU, inputs and outputs go through device buffers kept across calls (io_binding.py)
+        gpu_type = GPU_PROVIDERS.get(self.provider)
+        self._bound = (
+            (
+                BoundRunner(self.image_session, gpu_type, self.gpu.device_id),
+                BoundRunner(self.text_session, gpu_type, self.gpu.device_id),
+            )
+            if gpu_type
+            else None
+        )
         self.tokenizer = ClipTokenizer.from_file(
             bundle.file(TOKENIZER), context_length=int(bundle.architecture["context_length"])
         )
@@ -144,15 +142,43 @@ class OnnxEncoders:
         self.embed_dim = int(bundle.architecture["embed_dim"])
         self._check_signatures()
         log.info(
-            "loaded %s/%s on %s (image encoder %s)",
+            "loaded %s/%s on %s (image encoder %s, text encoder %s)",
             bundle.name,
             bundle.version,
             self.provider,
-            image_precision,
+            self.image_precision,
+            precision,
         )
 
-    def _session(self, name: str, opts: ort.SessionOptions) -> ort.InferenceSession:
-        return open_session(self.bundle.file(name), opts, self.providers)
+    def _open_sessions(self, opts: ort.SessionOptions) -> tuple[ort.InferenceSession, ort.InferenceSession]:
+        """The image and text sessions of the precision asked for; a file the bundle lacks is named."""
+        files = self.bundle.manifest.get("files", {})
+        if self.image_precision == "int8" and IMAGE_ENCODER_INT8 not in files:
+            raise BundleError(
+                f"{self.bundle.path} has no {IMAGE_ENCODER_INT8}: export it with `zeroshot export --int8`, "
+                "or serve with ZEROSHOT_IMAGE_PRECISION=fp32"
+            )
+        if self.precision == "fp16" and IMAGE_ENCODER_FP16 not in files:
+            raise BundleError(
+                f"{self.bundle.path} has no fp16 encoders: export it with `zeroshot export --fp16`, "
+                "or serve with ZEROSHOT_PRECISION=fp32"
+            )
+        arch = self.bundle.architecture
+        size, context = int(arch["image_size"]), int(arch["context_length"])
+        image_file = {"int8": IMAGE_ENCODER_INT8, "fp16": IMAGE_ENCODER_FP16}.get(self.image_precision)
+        image = self._session(
+            image_file or IMAGE_ENCODER, opts, InputProfile("pixel_values", (-1, 3, size, size))
+        )
+        text = self._session(
+            TEXT_ENCODER_FP16 if self.precision == "fp16" else TEXT_ENCODER,
+            opts,
+            InputProfile("input_ids", (-1, -1), max_len=context),
+        )
+        return image, text
+
+    def _session(self, name: str, opts: ort.SessionOptions, profile: InputProfile) -> ort.InferenceSession:
+        providers = choose_providers(self.device, profile, self.gpu)
+        return open_session(self.bundle.file(name), opts, providers)
 
     def _check_signatures(self) -> None:
         """Refuse a bundle whose encoders do not have the shapes the manifest promises."""
@@ -181,13 +207,17 @@ class OnnxEncoders:
 
     def encode_images(self, pixel_values: np.ndarray) -> np.ndarray:
         """[B, 3, S, S] float32 -> [B, E] L2-normalized float32."""
-        return run_normalized(
-            self.image_session, {"pixel_values": np.ascontiguousarray(pixel_values, np.float32)}
-        )
+        x = np.ascontiguousarray(pixel_values, np.float32)
+        if self._bound is not None:
+            return l2_normalize(self._bound[0].run(x))
+        return run_normalized(self.image_session, {"pixel_values": x})
 
     def encode_token_ids(self, input_ids: np.ndarray) -> np.ndarray:
         """[B, L] int64 -> [B, E] L2-normalized float32."""
-        return run_normalized(self.text_session, {"input_ids": np.ascontiguousarray(input_ids, np.int64)})
+        ids = np.ascontiguousarray(input_ids, np.int64)
+        if self._bound is not None:
+            return l2_normalize(self._bound[1].run(ids))
+        return run_normalized(self.text_session, {"input_ids": ids})
 
     def encode_texts(
         self, texts: Sequence[str], batch_size: int = 256, pad_to: int | None = None
@@ -206,18 +236,29 @@ def open_encoders(
     device: Device = "auto",
     threads: int | None = None,
     image_precision: ImagePrecision = "fp32",
+    gpu: GpuOptions | None = None,
 ) -> Encoders:
-    """A bundle's encoders on the backend asked for: onnxruntime (fp32, or the int8 image encoder)
-    or OpenVINO's CPU runtime (fp32 or bf16: model/bundle/openvino_encoders.py)."""
+    """A bundle's encoders on the backend asked for: onnxruntime (fp32, fp16 files for a GPU, or
+    int8: the int8 image encoder, the same as image_precision int8) or OpenVINO's CPU runtime (fp32
+    or bf16: model/bundle/openvino_encoders.py)."""
     if backend == "onnxruntime":
-        if precision != "fp32":
-            raise BundleError(f"precision {precision} needs the openvino backend; onnxruntime runs fp32")
-        return OnnxEncoders(bundle, device, threads, image_precision)
+        if precision == "int8":
+            precision, image_precision = "fp32", "int8"
+        if precision not in ("fp32", "fp16"):
+            raise BundleError(
+                f"precision {precision} needs the openvino backend; onnxruntime runs fp32, fp16 or int8"
+            )
+        if precision == "fp16" and image_precision == "int8":
+            raise BundleError(
+                "precision fp16 runs the fp16 files of both towers: not with image precision int8"
+            )
+        half: OnnxPrecision = "fp16" if precision == "fp16" else "fp32"
+        return OnnxEncoders(bundle, device, threads, image_precision, half, gpu)
     if backend != "openvino":
         raise BundleError(f"backend must be onnxruntime or openvino, not {backend!r}")
-    if image_precision != "fp32" or device == "cuda":
+    if precision not in ("fp32", "bf16") or image_precision != "fp32" or device not in ("auto", "cpu"):
         raise BundleError(
-            "the openvino backend runs both towers on the CPU, in fp32 or bf16 (no int8, no cuda)"
+            "the openvino backend runs both towers on the CPU, in fp32 or bf16 (no int8, fp16 or GPU)"
         )
     from model.bundle.openvino_encoders import OpenVinoEncoders
 

@@ -73,8 +73,11 @@ def test_bf16_is_refused_on_a_cpu_without_native_bf16(bundle: Any, monkeypatch: 
 def test_settings_refuse_what_cannot_run() -> None:
     for kw, why in (
         ({"precision": "bf16"}, "needs backend openvino"),
-        ({"backend": "openvino", "image_precision": "int8"}, "no image_precision int8"),
-        ({"backend": "openvino", "device": "cuda"}, "no cuda"),
+        ({"backend": "openvino", "image_precision": "int8"}, "no fp16 or int8"),
+        ({"backend": "openvino", "precision": "fp16"}, "no fp16 or int8"),
+        ({"backend": "openvino", "device": "cuda"}, "no GPU device"),
+        ({"backend": "openvino", "device": "tensorrt"}, "no GPU device"),
+        ({"precision": "fp16", "image_precision": "int8"}, "not with image_precision int8"),
     ):
         with pytest.raises(ValidationError, match=why):
             Settings(**kw)  # type: ignore[arg-type]
