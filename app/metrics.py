@@ -1,6 +1,8 @@
 """Prometheus metrics: requests by route and status, latency, batch sizes, queue depth, label cache,
-model version. What belongs to one model (its queue, its batches, its version, its reload) carries a
-`model` label. One registry per app, so tests (and several apps in one process) never share counts."""
+model version, GPU memory. What belongs to one model (its queue, its batches, its batch cap and
+out-of-memory splits, its version, its reload) carries a `model` label; GPU memory (through NVML, and
+absent without it) a `gpu` label. One registry per app, so tests (and several apps in one process)
+never share counts."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.runtime.gpu_memory import GpuMemory
 
 if TYPE_CHECKING:
     from app.runtime.engine import Engine
@@ -27,6 +31,7 @@ class _State(Collector):
         self.models, self.cache = engine.models, engine.cache
         self.text_lane = engine.text_lane
         self.engine = engine
+        self.gpu = GpuMemory()
 
     def _per_model(self) -> Iterable[Metric]:
         """The queue counters and gauges of each model's batcher, labelled by model."""
@@ -41,6 +46,12 @@ class _State(Collector):
                 "zeroshot_queue_cancelled",
                 "queued image batches dropped unencoded because their client went away",
                 "cancelled",
+            ),
+            (
+                "zeroshot_encoder_oom",
+                "out-of-memory errors of the image encoder (each split its batch in halves, or at one "
+                "image failed it)",
+                "oom_errors",
             ),
         )
         for name, doc, attr in counters:
@@ -60,14 +71,34 @@ class _State(Collector):
         err = GaugeMetricFamily(
             "zeroshot_reload_failing", "1 while the last reload attempt failed", labels=["model"]
         )
+        cap = GaugeMetricFamily(
+            "zeroshot_batch_cap",
+            "the most images an image-encoder batch holds now (below max_batch after an out-of-memory error)",
+            labels=["model"],
+        )
         for m in self.models:
             q.add_metric([m.name], m.batcher.pending)
+            cap.add_metric([m.name], m.batcher.effective_max_batch)
             rt = m.holder.runtime
             if rt is not None:
                 info.add_metric([m.name, rt.name, rt.version, rt.sha, rt.encoders.provider], 1)
             up.add_metric([m.name], 0 if rt is None else 1)
             err.add_metric([m.name], 1 if (rt is not None and m.holder.error) else 0)
-        yield from (q, info, up, err)
+        yield from (q, info, up, err, cap)
+
+    def _gpu_memory(self) -> Iterable[Metric]:
+        """Memory used and free per GPU; nothing at all where NVML is missing (no pynvml, no GPU)."""
+        readings = self.gpu.read()
+        if not readings:
+            return
+        used = GaugeMetricFamily(
+            "zeroshot_gpu_memory_used_bytes", "GPU memory in use, by every process (NVML)", labels=["gpu"]
+        )
+        free = GaugeMetricFamily("zeroshot_gpu_memory_free_bytes", "GPU memory free (NVML)", labels=["gpu"])
+        for r in readings:
+            used.add_metric([r.gpu], r.used_bytes)
+            free.add_metric([r.gpu], r.free_bytes)
+        yield from (used, free)
 
     def _counters(self, lane: dict[str, int | float]) -> list[tuple[str, str, float]]:
         """(name, help, value) of every counter shared by the models, read at scrape time."""
@@ -95,6 +126,7 @@ class _State(Collector):
     def collect(self) -> Iterable[Metric]:
         lane = self.text_lane.stats()  # one read under the lane's lock
         yield from self._per_model()
+        yield from self._gpu_memory()
         for name, doc, value in self._counters(lane):
             c = CounterMetricFamily(name, doc)
             c.add_metric([], value)
@@ -133,7 +165,8 @@ class Metrics:
         )
         self.batch_size = Histogram(
             "zeroshot_batch_size",
-            "images per image-encoder call",
+            "images per image-encoder batch (the pieces of a batch split after an out-of-memory error "
+            "count as one)",
             ["model"],
             buckets=BATCH_BUCKETS,
             registry=self.registry,

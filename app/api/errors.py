@@ -88,12 +88,15 @@ STATUS: dict[str, int] = {
     "queue_timeout": 503,
     "draining": 503,
     "encoder_stalled": 503,
+    "encoder_out_of_memory": 503,
     "label_set_unreadable": 503,
     "label_set_building": 503,  # with Retry-After: about the build's ETA
     "label_sets_unwritable": 503,
     "insufficient_storage": 507,
 }
-RETRY = frozenset({"model_unavailable", "overloaded", "queue_timeout"})  # 503s worth a Retry-After
+RETRY = frozenset(
+    {"model_unavailable", "overloaded", "queue_timeout", "encoder_out_of_memory"}
+)  # 503s worth a Retry-After
 
 
 class ApiError(Exception):

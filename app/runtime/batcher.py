@@ -12,6 +12,12 @@ requests on their way reach `max_queue`, the request is refused (QueueFull -> 50
 never left to wait without bound; `submit` checks the image count again once it is known. An item
 whose deadline passed while it waited is dropped before it reaches the model (DeadlineExceeded ->
 503); so is one whose request was cancelled (its client went away).
+
+Out of memory (app/runtime/oom_split.py): a batch the encoder cannot allocate for is split in halves
+and retried, down to one image; only an image that runs out of memory alone fails its requests. The
+batcher then forms batches no larger than `effective_max_batch`: the largest piece that succeeded
+(1 if none did), doubling again - never above `max_batch` - after 64 full batches without an OOM.
+Both, with the count of OOMs, are in `stats()` (GET /v1/models) and /metrics.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from typing import Protocol
 import numpy as np
 
 from app.runtime.errors import DeadlineExceeded, QueueFull
+from app.runtime.oom_split import REGROW_AFTER, BatchCap, Encoded, encode_within
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +88,10 @@ class ImageBatcher:
         max_wait_ms: float,
         max_queue: int,
         on_batch: BatchHook | None = None,
+        regrow_after: int = REGROW_AFTER,
     ) -> None:
         self.max_batch, self.max_wait_s, self.max_queue = max_batch, max_wait_ms / 1000, max_queue
+        self._cap = BatchCap(max_batch, regrow_after)
         self.on_batch = on_batch
         self._q: queue.Queue[_Item | None] = queue.Queue()
         self._lock = threading.Lock()
@@ -92,6 +101,7 @@ class ImageBatcher:
         self._thread: threading.Thread | None = None
         self.batches = self.images = self.largest_batch = 0
         self.rejected = self.expired = self.cancelled = 0
+        self.oom_errors = self.oom_failed = 0  # encoder OOMs; images that ran out of memory alone
         self._running_since: float | None = None  # time.monotonic() when the encoder call began
         self._running_images = 0
 
@@ -104,6 +114,11 @@ class ImageBatcher:
     def alive(self) -> bool:
         """The worker thread runs (or was never started)."""
         return self._thread is None or self._thread.is_alive()
+
+    @property
+    def effective_max_batch(self) -> int:
+        """The most images a batch holds now: max_batch, or less since an out-of-memory error."""
+        return self._cap.value
 
     @property
     def pending(self) -> int:
@@ -122,6 +137,9 @@ class ImageBatcher:
             "rejected": self.rejected,
             "expired": self.expired,
             "cancelled": self.cancelled,
+            "effective_max_batch": self.effective_max_batch,
+            "oom_errors": self.oom_errors,
+            "oom_failed": self.oom_failed,
         }
 
     def start(self) -> None:
@@ -234,10 +252,10 @@ class ImageBatcher:
             if got is None:
                 return False
             first = got
-        batch, n = [first], len(first.pixels)
+        batch, n, cap = [first], len(first.pixels), self.effective_max_batch
         until = time.monotonic() + self.max_wait_s
         stopping = False
-        while n < self.max_batch:
+        while n < cap:
             try:
                 nxt = self._take(until)
             except queue.Empty:
@@ -245,7 +263,7 @@ class ImageBatcher:
             if nxt is None:
                 stopping = True
                 break
-            if nxt.model is not first.model or n + len(nxt.pixels) > self.max_batch:
+            if nxt.model is not first.model or n + len(nxt.pixels) > cap:
                 self._carry = nxt  # it starts the next batch
                 break
             batch.append(nxt)
@@ -273,29 +291,64 @@ class ImageBatcher:
             return
         pixels = live[0].pixels if len(live) == 1 else np.concatenate([it.pixels for it in live])
         t = time.perf_counter()
-        self._running_images, self._running_since = len(pixels), time.monotonic()
+        enc = Encoded(len(pixels))
         try:
-            feats = live[0].model.encode_images(pixels)
+            # an item chunked at max_batch may hold more than a lowered cap: encode_within cuts it
+            encode_within(functools.partial(self._call, live[0].model), pixels, self._cap.value, enc)
         except Exception as e:  # one bad batch must not stop the worker
             log.exception("image encoder failed on a batch of %d", len(pixels))
             for it in live:
                 self._fail(it, e)
             return
         finally:
-            self._running_since = None
-        run_s = time.perf_counter() - t
-        self.batches += 1
-        self.images += len(pixels)
-        self.largest_batch = max(self.largest_batch, len(pixels))
-        if self.on_batch:
-            self.on_batch(len(pixels), now - min(it.enqueued for it in live), run_s)
+            self._after(enc)
+        done = enc.n - len(enc.failed)
+        self.batches += 1 if done else 0
+        self.images += done
+        if self.on_batch and done:
+            self.on_batch(done, now - min(it.enqueued for it in live), time.perf_counter() - t)
         start = 0
         for it in live:
             k = len(it.pixels)
-            self._release(it.place)
-            with contextlib.suppress(concurrent.futures.InvalidStateError):  # cancelled meanwhile
-                it.future.set_result(feats[start : start + k])
+            got = enc.part(start, start + k)
+            if isinstance(got, BaseException):
+                self._fail(it, got)
+            else:
+                self._release(it.place)
+                with contextlib.suppress(concurrent.futures.InvalidStateError):  # cancelled meanwhile
+                    it.future.set_result(got)
             start += k
+
+    def _call(self, model: ImageModel, pixels: np.ndarray) -> np.ndarray:
+        """One encoder call, timed for the watchdog (`running`): each piece of a split batch alone."""
+        self._running_images, self._running_since = len(pixels), time.monotonic()
+        try:
+            return model.encode_images(pixels)
+        finally:
+            self._running_since = None
+
+    def _after(self, enc: Encoded) -> None:
+        """Count a batch's pieces and OOMs, and lower (or regrow) the cap by them."""
+        self.largest_batch = max(self.largest_batch, enc.largest_ok)
+        before = self._cap.value
+        self._cap.update(enc)
+        if enc.ooms:
+            self.oom_errors += enc.ooms
+            self.oom_failed += len(enc.failed)
+            # one line per batch, not per piece: a split is a handful of calls
+            (log.error if enc.failed else log.warning)(
+                "image encoder out of memory %d times on a batch of %d, split in halves: the largest piece "
+                "that fit held %d images; "
+                "%d images failed alone; batch cap %d -> %d",
+                enc.ooms,
+                enc.n,
+                enc.largest_ok,
+                len(enc.failed),
+                before,
+                self._cap.value,
+            )
+        elif self._cap.value != before:
+            log.info("image batch cap raised %d -> %d (max %d)", before, self._cap.value, self.max_batch)
 
     def _forget(self, place: _Place, future: concurrent.futures.Future[np.ndarray]) -> None:
         if future.cancelled():
