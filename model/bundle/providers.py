@@ -15,6 +15,8 @@ Torch-free; which providers exist is asked of onnxruntime, so the choice is test
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,10 @@ from typing import Any, Literal
 import onnxruntime as ort
 
 from model.bundle.format import BundleError
+
+log = logging.getLogger(__name__)
+_preloaded = threading.Lock()
+_preload_done = False
 
 CPU_EP, CUDA_EP, TENSORRT_EP = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 
@@ -116,6 +122,8 @@ def choose_providers(
     trt: ProviderList = [(TENSORRT_EP, tensorrt_options(gpu, profile))] if TENSORRT_EP in have else []
     if device == "cpu":
         return cpu
+    if cuda:
+        preload_gpu_libraries()
     wanted = {"tensorrt": (trt, TENSORRT_EP), "cuda": (cuda, CUDA_EP)}.get(device)
     if wanted is not None and not wanted[0]:
         raise BundleError(f"device={device} asked for, but onnxruntime offers only {', '.join(have)}")
@@ -124,3 +132,22 @@ def choose_providers(
     if device in ("tensorrt", "auto"):
         return trt + cuda + cpu  # TensorRT falls back to CUDA for ops it cannot take, then the CPU
     raise BundleError(f"device must be auto, tensorrt, cuda or cpu, not {device!r}")
+
+
+def preload_gpu_libraries() -> None:
+    """Load the CUDA and cuDNN libraries of NVIDIA's pip wheels (what `onnxruntime-gpu[cuda,cudnn]`
+    installs) before the first CUDA session, so that no system CUDA or LD_LIBRARY_PATH is needed.
+    Once per process; where this onnxruntime has no preload_dlls (before 1.21), the system's
+    libraries are used as before."""
+    global _preload_done
+    with _preloaded:
+        if _preload_done:
+            return
+        _preload_done = True
+        preload = getattr(ort, "preload_dlls", None)
+        if preload is None:
+            return
+        try:
+            preload()
+        except Exception as e:  # a missing wheel is not fatal: the system's libraries may serve
+            log.warning("onnxruntime.preload_dlls() failed (%s); using the system's CUDA libraries", e)

@@ -120,3 +120,16 @@ def test_encoders_on_a_gpu_provider_take_the_bound_path(
     np.testing.assert_allclose(bound.encode_images(images), plain.encode_images(images), atol=1e-6)
     np.testing.assert_allclose(bound.encode_texts(texts[:12]), plain.encode_texts(texts[:12]), atol=1e-6)
     assert bound._bound[0].allocations == 1 and bound._bound[1].allocations >= 1
+
+
+def test_gpu_libraries_are_preloaded_once_before_a_cuda_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    import model.bundle.providers as providers
+
+    calls: list[int] = []
+    monkeypatch.setattr(providers, "_preload_done", False)
+    monkeypatch.setattr(providers.ort, "preload_dlls", lambda: calls.append(1), raising=False)
+    choose_providers("cpu", IMAGE, available=ALL)
+    assert calls == []  # the CPU needs none
+    choose_providers("auto", IMAGE, available=ALL)
+    choose_providers("cuda", TEXT, available=ALL)
+    assert calls == [1]
