@@ -29,7 +29,7 @@ from app.runtime.errors import (
     InvalidRequest,
     ReloadFailed,
 )
-from app.runtime.images import decode_images, decode_some
+from app.runtime.images import DecodePool
 from app.runtime.label_cache import LabelCache
 from app.runtime.label_sets import LabelSet, LabelSetStore, check_name
 from app.runtime.labels import (
@@ -127,6 +127,7 @@ class Engine:
         self.models = ModelSet(settings, factory, self.builds)
         self.quotas = Quotas(settings)
         self.urls = UrlFetcher(policy_from(settings))  # images given by URL (off unless turned on)
+        self.decoder = DecodePool(settings.decode_workers)  # every model's uploads, one task per image
         self.draining = False  # set on SIGTERM and at shutdown: readiness fails from then on
         self.ruled = self.abstained = 0  # answers an abstain rule judged, and those it refused (/metrics)
 
@@ -141,6 +142,7 @@ class Engine:
         self.draining = True
         for m in self.models:
             await m.stop()
+        self.decoder.close()  # after the batchers: what they answered has been decoded
 
     # --- the models served ---
     def runtime(self, model: str | None = None) -> ModelRuntime:
@@ -220,7 +222,7 @@ class Engine:
         plan = self.matrices.plan(rt, req.labels, ls, charge)
         k = min(req.top_k or s.default_top_k, len(plan.labels))
         images = await self.urls.fetch_all(req.images, req.on_error == "skip")  # after the cheap checks
-        pixels, failed = await run_in_threadpool(self._decode, images, req.on_error, rt)
+        pixels, failed = await self._decode(images, req.on_error, rt)
         t1 = time.perf_counter()
         answers: list[Answer] = []
         if len(pixels):  # with on_error="skip" every image may have failed: nothing to encode
@@ -253,7 +255,7 @@ class Engine:
         gigabytes); beside the batcher, as admin work bounded by its image count."""
         step, pre = self.settings.max_batch, rt.encoders.preprocess
         for i in range(0, len(files), step):
-            pixels = await run_in_threadpool(decode_images, files[i : i + step], pre, self.settings)
+            pixels = await self.decoder.decode_images(files[i : i + step], pre, self.settings)
             yield await run_in_threadpool(rt.encode_images, pixels)
 
     def _lexicon_for(
@@ -271,15 +273,15 @@ class Engine:
         neg = self.lexicon.negatives(rt, plan.labels, plan.templates, matrix) if need_negatives else None
         return lex, neg
 
-    def _decode(
+    async def _decode(
         self, images: Sequence[bytes | ImageFailure], on_error: OnError, rt: ModelRuntime
     ) -> tuple[np.ndarray, dict[int, ImageFailure]]:
-        """The pixels of the images to encode, and a failure per image that is skipped. Blocking."""
+        """The pixels of the images to encode, and a failure per image that is skipped."""
         pre, s = rt.encoders.preprocess, self.settings
         if on_error == "skip":
-            return decode_some(images, pre, s)
+            return await self.decoder.decode_some(images, pre, s)
         files = [f for f in images if isinstance(f, bytes)]  # "fail": the API put no failure in
-        return decode_images(files, pre, s), {}
+        return await self.decoder.decode_images(files, pre, s), {}
 
     async def embed_images(
         self, items: Sequence[bytes | ImageUrl], ticket: Ticket, model: str | None = None
@@ -287,7 +289,7 @@ class Engine:
         self._route(ticket, model)
         rt = ticket.runtime
         files = [f for f in await self.urls.fetch_all(items, skip=False) if isinstance(f, bytes)]
-        pixels = await run_in_threadpool(decode_images, files, rt.encoders.preprocess, self.settings)
+        pixels = await self.decoder.decode_images(files, rt.encoders.preprocess, self.settings)
         return Embeddings(rt.ref, await self._encode(rt, pixels, ticket))
 
     def _encode(self, rt: ModelRuntime, pixels: np.ndarray, ticket: Ticket) -> Awaitable[np.ndarray]:
