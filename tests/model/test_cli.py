@@ -164,3 +164,26 @@ def test_serve_without_a_model_is_a_one_line_error_and_reads_the_environment(tmp
     assert_one_line_error(
         zeroshot("serve", "--model", "x,x"), "invalid settings: models: a name is given twice"
     )
+
+
+def test_export_fp16_and_eval_it(tmp_path: Path) -> None:
+    """`export --fp16` writes and gates the fp16 files; `eval --precision fp16` runs them and keeps
+    its figures beside fp32's; a bundle without them is a one-line error."""
+    torch.manual_seed(0)
+    opt_model = build_model("tiny")
+    opt = torch.optim.AdamW(opt_model.parameters())
+    save_checkpoint(tmp_path / "c.pt", checkpoint_state(opt_model, opt, 0, TrainConfig()))
+    export = ["export", "--checkpoint", str(tmp_path / "c.pt"), "--out", str(tmp_path / "m")]
+    r = zeroshot(*export, "--version", "v1", "--fp16")
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((tmp_path / "m" / "v1" / "manifest.json").read_text())
+    assert manifest["fp16"]["image_cosine_min"] >= 0.999 and "text_encoder.fp16.onnx" in manifest["files"]
+    small = ["--heldout-images", "36", "--seen-images", "36", "--templates", "default"]
+    r = zeroshot("eval", str(tmp_path / "m"), *small, "--precision", "fp16")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("image encoder: fp16\n")
+    report = json.loads((tmp_path / "m" / "v1" / "eval.json").read_text())
+    assert report["summary"]["image_precision"] == "fp16"
+    assert zeroshot(*export, "--version", "v2").returncode == 0
+    r = zeroshot("eval", str(tmp_path / "m"), *small, "--precision", "fp16")
+    assert_one_line_error(r, "--fp16")
