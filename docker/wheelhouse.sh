@@ -3,7 +3,7 @@
 # build machines where pip inside `docker build` cannot reach an index (no network, or a TLS proxy
 # whose certificate the image does not trust), the build then installs from these wheels alone.
 #
-#   docker/wheelhouse.sh [server|gpu|train] [OUT]     (defaults: server, docker/wheels)
+#   docker/wheelhouse.sh [server|gpu|openvino|train] [OUT]     (defaults: server, docker/wheels)
 #
 # The wheels are for the Python and platform that run this ($PYTHON, default .venv/bin/python, else
 # python3, >= 3.11): they must match the image (CPython 3.11 on x86_64 glibc for python:3.11-slim and the
@@ -23,11 +23,12 @@ fi
 case "$kind" in
     server) more=() ;;
     gpu) more=("onnxruntime-gpu[cuda,cudnn]") ;;
+    openvino) more=() ;; # the server's wheels and OpenVINO's (the image's VARIANT=openvino)
     # torch's CPU build: on the CI machines `torch==2.13.0` is a file on local disk that pip finds;
     # elsewhere set PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu.
     train) more=("torch==${TORCH_VERSION:-2.13.0}") ;;
     *)
-        echo "usage: $0 [server|gpu|train] [OUT]" >&2
+        echo "usage: $0 [server|gpu|openvino|train] [OUT]" >&2
         exit 2
         ;;
 esac
@@ -38,7 +39,8 @@ import sys
 import tomllib
 
 project = tomllib.load(open("pyproject.toml", "rb"))["project"]
-print("\n".join(project["dependencies"] + project["optional-dependencies"][sys.argv[1]]))
+extras = ["server", "openvino"] if sys.argv[1] == "openvino" else [sys.argv[1]]
+print("\n".join(project["dependencies"] + [r for e in extras for r in project["optional-dependencies"][e]]))
 PY
 )
 mkdir -p "$out"

@@ -40,6 +40,7 @@ CACHE="${ZEROSHOT_CONTAINER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/zeroshot-cont
 RUN_ID="$(date +%Y%m%d%H%M%S)-$$"
 NAME="zeroshot-ctest-$RUN_ID"
 IMAGE="zeroshot-ctest:$RUN_ID"
+IMAGE_OV="zeroshot-ctest-openvino:$RUN_ID" # VARIANT=openvino
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/zeroshot-ctest.XXXXXX")"
 harness() { "$PYTHON" tests/containers/harness.py "$@"; }
 
@@ -118,19 +119,21 @@ apt_mirror() { # the Debian mirror apt uses here (debootstrap must use the same 
     echo "${uri:-http://deb.debian.org/debian}"
 }
 
-start_replica() { # name port
-    docker run -d --name "$1" --network host \
+start_replica() { # name port [image [docker run options...]]
+    local name="$1" port="$2" image="${3:-$IMAGE}"
+    shift $(($# < 3 ? $# : 3))
+    docker run -d --name "$name" --network host \
         --read-only --tmpfs /tmp \
         --stop-timeout "$STOP_TIMEOUT" \
         -v "$TMP/models:/models:ro" \
         -v "$TMP/label-sets:/data/label-sets" \
-        -e HOST=127.0.0.1 -e PORT="$2" \
+        -e HOST=127.0.0.1 -e PORT="$port" \
         -e ZEROSHOT_DEVICE=cpu \
         -e ZEROSHOT_INTRA_OP_THREADS=1 \
         -e ZEROSHOT_RELOAD_INTERVAL_S=1 \
         -e ZEROSHOT_DRAIN_S="$DRAIN_S" \
         -e ZEROSHOT_ADMIN_TOKEN="$ADMIN_TOKEN" \
-        "$IMAGE" >/dev/null
+        "$@" "$image" >/dev/null
 }
 
 start_load() { # out-file; the load loop's pid goes into LOAD_PID (python's own: no subshell between)
@@ -257,6 +260,23 @@ docker run --rm --network none --entrypoint python3 "$IMAGE" -c \
     "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)" || die "torch is in the image"
 log "image $IMAGE: $(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{ printf "%d MB", $1 / 1e6 }'), user $(
     docker image inspect -f '{{.Config.User}}' "$IMAGE")"
+# The openvino variant, from the same context with OpenVINO's wheels added to the wheelhouse.
+PYTHON="$PYTHON" bash docker/wheelhouse.sh openvino "$TMP/context/docker/wheels" 2> >(grep -v 'is ignored' >&2)
+dangling_before="$(docker images -q --no-trunc --filter dangling=true | sort)"
+docker build --network none -f "$TMP/context/docker/Dockerfile" \
+    --build-arg BASE_IMAGE="$base" --build-arg PIP_OFFLINE=1 --build-arg VARIANT=openvino \
+    -t "$IMAGE_OV" "$TMP/context" >"$TMP/build-openvino.log" 2>&1 || {
+    tail -n 40 "$TMP/build-openvino.log"
+    die "docker build of the openvino variant failed"
+}
+IMAGES+=("$IMAGE_OV")
+while read -r id; do
+    [[ -n "$id" ]] && IMAGES+=("$id")
+done < <(comm -13 <(echo "$dangling_before") <(docker images -q --no-trunc --filter dangling=true | sort))
+docker run --rm --network none --entrypoint python3 "$IMAGE_OV" -c \
+    "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None or u.find_spec('openvino') is None)" ||
+    die "the openvino image has torch, or lacks openvino"
+log "image $IMAGE_OV: $(docker image inspect -f '{{.Size}}' "$IMAGE_OV" | awk '{ printf "%d MB", $1 / 1e6 }')"
 
 # =====================================================================================================
 phase "two replicas and nginx"
@@ -270,7 +290,8 @@ chmod -R a+rX "$TMP/models"
 chown 10001:10001 "$TMP/label-sets" 2>/dev/null || chmod 777 "$TMP/label-sets"
 start_replica "$NAME-r1" "$R1_PORT"
 CONTAINERS+=("$NAME-r1")
-start_replica "$NAME-r2" "$R2_PORT"
+# replica 2 is the openvino variant on OpenVINO's runtime: a mixed pair behind one balancer
+start_replica "$NAME-r2" "$R2_PORT" "$IMAGE_OV" -e ZEROSHOT_BACKEND=openvino
 CONTAINERS+=("$NAME-r2")
 harness nginx-conf docker/nginx.conf "$TMP/nginx.conf" --listen "127.0.0.1:$LB_PORT" \
     --upstream "127.0.0.1:$R1_PORT" --upstream "127.0.0.1:$R2_PORT"
@@ -281,6 +302,13 @@ nginx -p "$TMP/nginx" -c "$TMP/nginx.conf" -g "daemon off; pid $TMP/nginx.pid;" 
 PIDS+=($!)
 harness wait-ready "$R1" "$R2" --timeout 120
 harness wait-ready "$LB" --timeout 10
+"$PYTHON" - "$R2" <<'PY' || die "replica 2 does not serve on OpenVINO"
+import json, sys, urllib.request
+
+models = json.load(urllib.request.urlopen(sys.argv[1] + "/v1/models", timeout=5))
+print(f"  replica 2: backend {models['backend']}, provider {models['provider']}")
+sys.exit(models["backend"] != "openvino")
+PY
 
 # =====================================================================================================
 phase "classify through nginx"
