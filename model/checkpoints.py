@@ -2,7 +2,8 @@
 
 A checkpoint holds the model config, the train config, model and optimizer state, the step and the
 data position, so a run resumes where it stopped. `zeroshot import` writes the same format (model
-config and weights, step 0), which is what fine-tuning starts from.
+config and weights, step 0), which is what fine-tuning starts from. `build_for_training` picks the
+model a run trains: resumed, fine-tuned from a source (with the loss it was trained with), or fresh.
 """
 
 from __future__ import annotations
@@ -11,13 +12,17 @@ import json
 import logging
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from model.bundle.atomic import atomic_write
-from model.clip import CLIP, CLIPConfig
+from model.clip import CLIP, CLIPConfig, build_model, get_preset, with_image_size
+
+if TYPE_CHECKING:  # train_config imports TrainError from here
+    from model.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -95,3 +100,29 @@ def resolve_init(source: str | Path) -> Path:
             "that `zeroshot import` or `zeroshot train` wrote instead"
         )
     raise TrainError(f"{source} is neither a checkpoint, a run folder nor a model bundle")
+
+
+def model_config(cfg: TrainConfig) -> CLIPConfig:
+    mcfg = replace(get_preset(cfg.preset), logit_bias=cfg.loss == "sigmoid")
+    return with_image_size(mcfg, cfg.image_size) if cfg.image_size else mcfg
+
+
+def build_for_training(cfg: TrainConfig, resume: str | Path | None) -> tuple[CLIP, dict[str, Any] | None]:
+    """The model to train: from the resumed checkpoint, the fine-tuning source, or a fresh preset."""
+    if resume:
+        ckpt = load_checkpoint(resume)
+        return model_from_checkpoint(ckpt), ckpt
+    if cfg.init_from:
+        src = resolve_init(cfg.init_from)
+        model = model_from_checkpoint(load_checkpoint(src))
+        size = model.config.vision.image_size
+        if cfg.image_size and cfg.image_size != size:
+            raise TrainError(f"image_size {cfg.image_size} differs from {src}'s {size}; leave it unset")
+        if model.config.logit_bias != (cfg.loss == "sigmoid"):
+            raise TrainError(
+                f"loss {cfg.loss} cannot fine-tune {src}, trained with the "
+                f"{'sigmoid' if model.config.logit_bias else 'softmax'} loss: set loss to match it"
+            )
+        log.info("fine-tuning from %s (the preset %r is not used)", src, cfg.preset)
+        return model, None
+    return build_model(model_config(cfg)), None

@@ -32,6 +32,7 @@ _TRAIN_FLAGS = (
     "lr",
     "seed",
     "precision",
+    "loss",
     "device",
     "max_minutes",
     "num_workers",
@@ -199,6 +200,11 @@ def _train_parser(sub: Subparsers) -> None:
     t.add_argument("--lr", type=positive_float)
     t.add_argument("--seed", type=non_negative_int)
     t.add_argument("--precision", choices=["fp32", "bf16"])
+    t.add_argument(
+        "--loss",
+        choices=["softmax", "sigmoid"],
+        help="softmax: CLIP's (default); sigmoid: SigLIP's pairwise loss",
+    )
     t.add_argument(
         "--max-minutes", type=positive_float, help="stop (and checkpoint) after this much training time"
     )

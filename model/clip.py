@@ -57,6 +57,7 @@ class CLIPConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
     activation: Activation = "quick_gelu"  # OpenAI's weights were trained with QuickGELU
+    logit_bias: bool = False  # SigLIP: a learned bias in the logits (the sigmoid loss), t from log 10
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -74,6 +75,7 @@ class CLIPConfig:
             vision=VisionConfig(**vision),
             text=TextConfig(**d["text"]),
             activation=d.get("activation", "quick_gelu"),
+            logit_bias=bool(d.get("logit_bias", False)),
         )
 
 
@@ -333,7 +335,9 @@ class CLIP(nn.Module):
         self.positional_embedding = nn.Parameter(torch.empty(t.context_length, t.width))
         self.ln_final = LayerNorm(t.width)
         self.text_projection = nn.Parameter(torch.empty(t.width, cfg.embed_dim))
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # the paper's initial temperature
+        # the paper's initial temperature, or SigLIP's (t = log 10) with its bias b = -10
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0 if cfg.logit_bias else 1 / 0.07)))
+        self.logit_bias = nn.Parameter(torch.tensor(-10.0)) if cfg.logit_bias else None
         mask = torch.full((t.context_length, t.context_length), float("-inf")).triu_(1)
         self.register_buffer("attn_mask", mask, persistent=False)  # causal: row i sees columns <= i
         self.initialize_parameters()
@@ -391,11 +395,12 @@ class CLIP(nn.Module):
 
     def forward(
         self, pixel_values: torch.Tensor, input_ids: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Normalized image and text features and the (clamped) logit scale; the loss lives outside."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Normalized image and text features, the (clamped) logit scale and the logit bias (None
+        without one); the loss lives outside (model/loss.py)."""
         image = F.normalize(self.encode_image(pixel_values), dim=-1)
         text = F.normalize(self.encode_text(input_ids), dim=-1)
-        return image, text, self.logit_scale.exp().clamp(max=100.0)
+        return image, text, self.logit_scale.exp().clamp(max=100.0), self.logit_bias
 
 
 def build_model(cfg: CLIPConfig | str) -> CLIP:

@@ -278,6 +278,10 @@ def _manifest(model: CLIP, tokenizer: ClipTokenizer, preprocess: PreprocessConfi
         },
         "preprocessing": preprocess.to_dict(),
         "logit_scale": float(model.logit_scale.detach().exp().clamp(max=100.0)),
+        # how the model was trained to score a pair: SigLIP's sigmoid(exp(t) cos + b), or CLIP's softmax
+        "scoring": {"kind": "softmax"}
+        if model.logit_bias is None
+        else {"kind": "sigmoid", "logit_bias": float(model.logit_bias.detach())},
         "tokenizer": tokenizer.facts(),
         "onnx": {
             "opset": OPSET,

@@ -31,14 +31,14 @@ from model.checkpoints import (
     BEST,
     LAST,
     TrainError,
+    build_for_training,
     keep_step_copy,
     load_checkpoint,
     model_from_checkpoint,
-    resolve_init,
     save_checkpoint,
 )
-from model.clip import CLIP, CLIPConfig, build_model, get_preset, with_image_size
-from model.loss import MAX_LOGIT_SCALE, contrastive_loss
+from model.clip import CLIP
+from model.loss import MAX_LOGIT_SCALE, contrastive_loss, sigmoid_loss
 from model.train_config import TrainConfig
 from model.train_eval import best_key, run_eval
 from model.train_logs import MetricsLog, plot_curves
@@ -72,11 +72,6 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
 
 
-def model_config(cfg: TrainConfig) -> CLIPConfig:
-    mcfg = get_preset(cfg.preset)
-    return with_image_size(mcfg, cfg.image_size) if cfg.image_size else mcfg
-
-
 def checkpoint_state(
     model: CLIP, opt: torch.optim.Optimizer, step: int, cfg: TrainConfig, best: float | None = None
 ) -> dict[str, Any]:
@@ -99,22 +94,6 @@ def _device(cfg: TrainConfig, d: dd.Dist) -> torch.device:
     if cfg.device == "cuda":
         return torch.device(f"cuda:{d.local_rank}")
     return torch.device(cfg.device)
-
-
-def _build_model(cfg: TrainConfig, resume: str | Path | None) -> tuple[CLIP, dict[str, Any] | None]:
-    """The model to train: from the resumed checkpoint, the fine-tuning source, or a fresh preset."""
-    if resume:
-        ckpt = load_checkpoint(resume)
-        return model_from_checkpoint(ckpt), ckpt
-    if cfg.init_from:
-        src = resolve_init(cfg.init_from)
-        model = model_from_checkpoint(load_checkpoint(src))
-        size = model.config.vision.image_size
-        if cfg.image_size and cfg.image_size != size:
-            raise TrainError(f"image_size {cfg.image_size} differs from {src}'s {size}; leave it unset")
-        log.info("fine-tuning from %s (the preset %r is not used)", src, cfg.preset)
-        return model, None
-    return build_model(model_config(cfg)), None
 
 
 def _loader(
@@ -193,13 +172,18 @@ def train_step(
         sync = nullcontext() if last or not d.enabled else model.no_sync()  # type: ignore[operator]
         with sync:
             with autocast:
-                img, txt, scale = model(pix, ids)
+                img, txt, scale, bias = model(pix, ids)
             if k == 1:
                 g_img, g_txt = dd.all_gather_detached(img, d), dd.all_gather_detached(txt, d)
             assert g_img is not None and g_txt is not None
             all_img = dd.replace_local(g_img, img, base + j * m, d.world_size)
             all_txt = dd.replace_local(g_txt, txt, base + j * m, d.world_size)
-            loss = contrastive_loss(all_img, all_txt, scale if last else scale.detach())
+            # the temperature and the bias are shared: their gradient is complete once, in the last micro-step
+            scale = scale if last else scale.detach()
+            if bias is None:
+                loss = contrastive_loss(all_img, all_txt, scale)
+            else:
+                loss = sigmoid_loss(all_img, all_txt, scale, bias if last else bias.detach())
             loss.backward()
     return float(loss.detach())
 
@@ -264,7 +248,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, stop_after: int | 
         _check_batch(cfg, d)
         device = _device(cfg, d)
         tokenizer = ClipTokenizer.clip_bpe()
-        raw, ckpt = _build_model(cfg, resume)
+        raw, ckpt = build_for_training(cfg, resume)
         start = int(ckpt["step"]) if ckpt else 0
         best = ckpt.get("best_eval", ckpt.get("best_heldout_top1")) if ckpt else None
         model = _prepare(raw.train(), cfg, device, d)

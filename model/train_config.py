@@ -173,6 +173,8 @@ class TrainConfig:
     eps: float = 1e-6
     seed: int = 0
     precision: Literal["fp32", "bf16"] = "bf16"  # bf16 autocast, on CPU and CUDA alike
+    # softmax: the paper's contrastive loss; sigmoid: SigLIP's pairwise loss (the model gets a bias)
+    loss: Literal["softmax", "sigmoid"] = "softmax"
     device: str = "auto"  # auto: CUDA when there is one
     image_size: int | None = None  # None: the preset's
     num_workers: int = 1

@@ -92,10 +92,25 @@ def test_forward_returns_normalized_features_and_clamped_scale() -> None:
     m = build_model("tiny")
     with torch.no_grad():
         m.logit_scale.fill_(10.0)  # exp(10) > 100
-        img, txt, scale = m(torch.randn(3, 3, 64, 64), _ids([5, 6, 7], pad_to=7))
+        img, txt, scale, bias = m(torch.randn(3, 3, 64, 64), _ids([5, 6, 7], pad_to=7))
     assert torch.allclose(img.norm(dim=-1), torch.ones(3), atol=1e-5)
     assert torch.allclose(txt.norm(dim=-1), torch.ones(3), atol=1e-5)
     assert float(scale) == pytest.approx(100.0)
+    assert bias is None and "logit_bias" not in m.state_dict()  # CLIP's checkpoints stay as they were
+
+
+def test_a_sigmoid_model_has_siglips_temperature_and_bias() -> None:
+    from dataclasses import replace
+
+    from model.clip import CLIPConfig, get_preset
+
+    cfg = replace(get_preset("tiny"), logit_bias=True)
+    m = build_model(cfg)
+    with torch.no_grad():
+        *_, scale, bias = m(torch.randn(2, 3, 64, 64), _ids([5, 6], pad_to=7))
+    assert float(scale) == pytest.approx(10.0) and bias is not None and float(bias) == -10.0
+    assert CLIPConfig.from_dict(cfg.to_dict()).logit_bias  # kept in checkpoints and manifests
+    assert not CLIPConfig.from_dict({k: v for k, v in cfg.to_dict().items() if k != "logit_bias"}).logit_bias
 
 
 def test_initial_temperature_is_the_papers() -> None:

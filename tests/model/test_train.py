@@ -170,3 +170,26 @@ def test_trains_on_webdataset_shards_for_the_configured_steps(tmp_path: Path) ->
     recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs] == [1, 2, 3, 4]
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 4
+
+
+def test_the_sigmoid_loss_trains_exports_its_scoring_and_refuses_a_softmax_source(tmp_path: Path) -> None:
+    """--loss sigmoid: the model gets SigLIP's bias, the loss falls, the bias moves, the bundle's
+    manifest says how it scores; fine-tuning it with the other loss is refused by name."""
+    from model.export import export_checkpoint
+
+    cfg = _cfg(tmp_path / "run", 30)
+    cfg.loss = "sigmoid"
+    last = train(cfg)
+    recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    first, final = sum(r["loss"] for r in recs[:5]) / 5, sum(r["loss"] for r in recs[-5:]) / 5
+    assert final < first - 0.3, (first, final)
+    ckpt = load_checkpoint(last)
+    assert ckpt["model_config"]["logit_bias"] is True
+    assert float(ckpt["model"]["logit_bias"]) != -10.0  # it is learned
+    bundle = export_checkpoint(last, tmp_path / "m", version="v1")
+    assert bundle.manifest["scoring"]["kind"] == "sigmoid"
+    assert bundle.manifest["scoring"]["logit_bias"] == pytest.approx(float(ckpt["model"]["logit_bias"]))
+    tune = _cfg(tmp_path / "tune", 2)
+    tune.init_from = str(last)  # loss softmax by default
+    with pytest.raises(TrainError, match=r"loss softmax cannot fine-tune .* sigmoid loss"):
+        train(tune)
