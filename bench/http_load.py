@@ -15,6 +15,8 @@ machine with; `--client httpx` uses httpx instead (about 1 ms of client CPU per 
   (b) one photo + a 1,000-label set: ours registered once with the 80 ImageNet templates;
       the pipeline encodes its 1,000 labels with one template on every request
   (c) 8 photos per request + 10 labels
+`--backends onnxruntime,openvino:bf16` measures our server on each backend (and precision) back to back
+in one run, the first as the reference, and prints each one's ratio to it; the pipeline runs once.
 Also: the raw image-encoder throughput (onnxruntime, in process) at the batch sizes the server formed,
 so the gap between the two is the server's overhead; and the cold build time of the big label set.
 Writes bench/results/http_load.json.
@@ -41,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -444,6 +447,87 @@ def plot_sweep(results: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def parse_backend(spec: str) -> tuple[str, dict[str, str]]:
+    """ "onnxruntime", "openvino:bf16", "onnxruntime:int8" -> (label, the server's environment)."""
+    backend, _, precision = spec.strip().partition(":")
+    if backend not in ("onnxruntime", "openvino"):
+        raise SystemExit(f"--backends: {backend!r} is not onnxruntime or openvino")
+    env = {"ZEROSHOT_BACKEND": backend, "ZEROSHOT_PRECISION": precision or "fp32"}
+    return f"{backend}-{precision or 'fp32'}", env
+
+
+def measure_ours(
+    label: str,
+    env: dict[str, str],
+    args: argparse.Namespace,
+    big: list[str],
+    files: Callable[[int, int], list[tuple[str, tuple[str, bytes, str]]]],
+) -> dict[str, Any]:
+    """Our server on one backend: the cold build of the big label set, then scenarios (a)-(c)."""
+    port = 8111
+    base = f"http://127.0.0.1:{port}"
+    out: dict[str, Any] = {}
+    Path(env["ZEROSHOT_LABEL_SETS_DIR"]).parent.mkdir(parents=True, exist_ok=True)
+    proc = start([sys.executable, "-m", "model.cli", "serve", "--port", str(port)], f"{base}/readyz", env)
+    try:
+        t = time.monotonic()
+        r = httpx.put(
+            f"{base}/v1/label-sets/big?wait=true",  # the build is timed: hold until it ends
+            json={"labels": big, "templates": "imagenet80"},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=3600,
+        )
+        r.raise_for_status()
+        out["label_set_build_s"] = time.monotonic() - t
+        print(
+            f"{label}: registered {len(big)} labels x 80 templates in {out['label_set_build_s']:.1f} s",
+            flush=True,
+        )
+        scenarios: dict[str, Request] = {
+            "a": lambda i: {
+                "files": files(i, 1),
+                "data": {"labels": json.dumps(LABELS10), "templates": "default"},
+            },
+            "b": lambda i: {"files": files(i, 1), "data": {"label_set": "big"}},
+            "c": lambda i: {
+                "files": files(i, 8),
+                "data": {"labels": json.dumps(LABELS10), "templates": "default"},
+            },
+        }
+        for name, make in scenarios.items():
+            asyncio.run(load(f"{base}/v1/classify", make, args.concurrency, 2.0))  # warm-up
+            before = httpx.get(f"{base}/v1/models").json()["batcher"]
+            row = asyncio.run(load(f"{base}/v1/classify", make, args.concurrency, args.seconds))
+            after = httpx.get(f"{base}/v1/models").json()["batcher"]
+            row["mean_batch"] = (after["images"] - before["images"]) / max(
+                1, after["batches"] - before["batches"]
+            )
+            out[name] = row
+            print(f"{label} ({name}): {row}", flush=True)
+    finally:
+        stop(proc)
+    return out
+
+
+def print_backends(results: dict[str, Any]) -> None:
+    """Each backend's req/s (p50) per scenario and its cold build, with its ratio to the first."""
+    runs = results["by_backend"]
+    if len(runs) < 2:
+        return
+    labels = list(runs)
+    ref = runs[labels[0]]
+    print(f"\n{'scenario':<12}" + "".join(f"{label:>30}" for label in labels))
+    for name in ("a", "b", "c"):
+        cells = []
+        for label in labels:
+            row = runs[label][name]
+            ratio = row["requests_per_s"] / max(ref[name]["requests_per_s"], 1e-9)
+            cells.append(f"{row['requests_per_s']:.2f} req/s ({row['p50_ms']:.0f} ms) {ratio:.2f}x")
+        print(f"({name}){'':<9}" + "".join(f"{c:>30}" for c in cells))
+    builds = [f"{runs[label]['label_set_build_s']:.1f} s" for label in labels]
+    print(f"{'cold build':<12}" + "".join(f"{b:>30}" for b in builds))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--concurrency", type=int, default=4)
@@ -451,6 +535,11 @@ def main() -> None:
     ap.add_argument("--big-labels", type=int, default=1000)
     ap.add_argument("--jpeg-draft", action="store_true", help="serve with ZEROSHOT_JPEG_DRAFT=true")
     ap.add_argument("--skip-baseline", action="store_true", help="measure our server only")
+    ap.add_argument(
+        "--backends",
+        default="onnxruntime",
+        help="our server on each, back to back, e.g. onnxruntime,openvino:bf16 (the first is the reference)",
+    )
     ap.add_argument("--sweep", help="comma-separated concurrencies: throughput/latency sweep + chart")
     ap.add_argument("--sweep-scenarios", default="a,c", help="scenarios in the sweep (default a,c)")
     ap.add_argument(
@@ -478,52 +567,16 @@ def main() -> None:
     def files(i: int, n: int) -> list[tuple[str, tuple[str, bytes, str]]]:
         return [("image", (f"{k}.jpg", imgs[(i + k) % len(imgs)], "image/jpeg")) for k in range(n)]
 
-    results = new_results(concurrency=args.concurrency)
+    backends = [parse_backend(b) for b in args.backends.split(",")]
+    results = new_results(concurrency=args.concurrency, backends=[label for label, _ in backends])
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         hf_dir, models = build(tmp)
-        # --- ours ---
-        port = 8111
-        base = f"http://127.0.0.1:{port}"
-        env = ours_env(models, tmp, args.jpeg_draft)
-        proc = start([sys.executable, "-m", "model.cli", "serve", "--port", str(port)], f"{base}/readyz", env)
-        try:
-            t = time.monotonic()
-            r = httpx.put(
-                f"{base}/v1/label-sets/big?wait=true",  # the build is timed: hold until it ends
-                json={"labels": big, "templates": "imagenet80"},
-                headers={"Authorization": f"Bearer {TOKEN}"},
-                timeout=3600,
-            )
-            r.raise_for_status()
-            results["ours"]["label_set_build_s"] = time.monotonic() - t
-            print(
-                f"ours: registered {len(big)} labels x 80 templates in {time.monotonic() - t:.1f} s",
-                flush=True,
-            )
-            scenarios: dict[str, Request] = {
-                "a": lambda i: {
-                    "files": files(i, 1),
-                    "data": {"labels": json.dumps(LABELS10), "templates": "default"},
-                },
-                "b": lambda i: {"files": files(i, 1), "data": {"label_set": "big"}},
-                "c": lambda i: {
-                    "files": files(i, 8),
-                    "data": {"labels": json.dumps(LABELS10), "templates": "default"},
-                },
-            }
-            for name, make in scenarios.items():
-                asyncio.run(load(f"{base}/v1/classify", make, args.concurrency, 2.0))  # warm-up
-                before = httpx.get(f"{base}/v1/models").json()["batcher"]
-                row = asyncio.run(load(f"{base}/v1/classify", make, args.concurrency, args.seconds))
-                after = httpx.get(f"{base}/v1/models").json()["batcher"]
-                row["mean_batch"] = (after["images"] - before["images"]) / max(
-                    1, after["batches"] - before["batches"]
-                )
-                results["ours"][name] = row
-                print(f"ours ({name}): {row}", flush=True)
-        finally:
-            stop(proc)
+        results["by_backend"] = {}
+        for label, extra_env in backends:  # back to back in one run: ratios on the same machine state
+            env = {**ours_env(models, tmp / label, args.jpeg_draft), **extra_env}
+            results["by_backend"][label] = measure_ours(label, env, args, big, files)
+        results["ours"] = results["by_backend"][backends[0][0]]  # the first is the reference
         # raw encoder at the batch the server formed in (a), and at 8 for (c)
         mean_a = max(1, round(results["ours"]["a"]["mean_batch"]))
         results["raw_images_per_s"] = {str(b): raw_image_rate(models, b) for b in sorted({1, mean_a, 8})}
@@ -536,6 +589,8 @@ def main() -> None:
                 f"(a) server {served:.2f} images/s vs raw encoder {raw:.2f} at batch {mean_a}: "
                 f"{100 * served / raw:.0f}%"
             )
+            print_backends(results)
+            write_results(results)
             return
         # --- the Hugging Face pipeline baseline, same weights ---
         port = 8112
@@ -576,7 +631,11 @@ def main() -> None:
     share = results["ours"]["a"]["requests_per_s"] / raw
     served = results["ours"]["a"]["requests_per_s"]
     print(f"(a) server {served:.2f} images/s vs raw encoder {raw:.2f} at batch {mean_a}: {100 * share:.0f}%")
+    print_backends(results)
+    write_results(results)
 
+
+def write_results(results: dict[str, Any]) -> None:
     out = ROOT / "bench/results/http_load.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
