@@ -143,7 +143,9 @@ def test_the_page_classifies_an_image_against_typed_labels(
     page.set_input_files(
         "#image", files=[{"name": "shape.png", "mimeType": "image/png", "buffer": png(FIRST.image)}]
     )
-    assert page.is_visible("#preview")
+    # The preview has no size until the browser has decoded the image, so a bare is_visible()
+    # right after the change event races it (it failed once in CI): wait for it to show.
+    page.wait_for_selector("#preview", state="visible", timeout=10_000)
     # Lines and commas both separate labels; blank entries are dropped.
     page.fill("#labels", "\n".join(", ".join(CLASSES[i : i + 6]) for i in range(0, len(CLASSES), 6)) + "\n\n")
     page.fill("#top-k", "4")
