@@ -234,9 +234,11 @@ class Engine:
             else:
                 matrix, feats = plan.matrix, await encode
             lex = neg = None
-            if any(needs_lexicon(req.answer, fit)):  # no thread hop for a plain ranking
+            if any(needs_lexicon(req.answer, fit, rt.logit_bias)):  # no thread hop for a plain ranking
                 lex, neg = await run_in_threadpool(self._lexicon_for, rt, plan, matrix, req.answer, fit)
-            answers = answer(feats, plan.labels, matrix, rt.logit_scale, k, req.answer, fit, lex, neg)
+            answers = answer(
+                feats, plan.labels, matrix, rt.logit_scale, k, req.answer, fit, lex, neg, rt.logit_bias
+            )
         t2 = time.perf_counter()
         self.ruled += sum(a.decision is not None for a in answers)  # on the event loop: no lock needed
         self.abstained += sum(a.abstained for a in answers)
@@ -268,7 +270,7 @@ class Engine:
     ) -> tuple[np.ndarray | None, np.ndarray | None]:
         """The lexicon and the negative labels, when the answer needs them. Blocking (the first call
         for a bundle encodes its lexicon)."""
-        need_lexicon, need_negatives = needs_lexicon(options, fit)
+        need_lexicon, need_negatives = needs_lexicon(options, fit, rt.logit_bias)
         lex = self.lexicon.matrix(rt) if need_lexicon else None
         neg = self.lexicon.negatives(rt, plan.labels, plan.templates, matrix) if need_negatives else None
         return lex, neg

@@ -17,7 +17,7 @@ import numpy as np
 
 from app.settings import Settings
 from model.bundle.encoders import Encoders, open_encoders
-from model.bundle.format import Bundle, load_bundle
+from model.bundle.format import Bundle, load_bundle, scoring_bias
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,8 @@ class ModelRuntime:
         self.encoders = encoders
         self.manifest: Mapping[str, Any] = manifest or {}
         self.bundle = bundle  # None for a runtime that is not read from disk (tests' fake)
+        # A sigmoid-loss model (SigLIP) answers mode=multi with its own sigmoid; None for CLIP's softmax.
+        self.logit_bias = scoring_bias(self.manifest)
 
     @property
     def ref(self) -> dict[str, str]:
@@ -82,6 +84,7 @@ class ModelRuntime:
             "int8": m.get("int8"),
             "fp16": m.get("fp16"),  # export --fp16's agreement with torch fp32
             "logit_scale": self.logit_scale,
+            "scoring": dict(m.get("scoring") or {"kind": "softmax"}),
             "parity": m.get("parity"),
             "eval": (evaluated or {}).get("summary"),
         }

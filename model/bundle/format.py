@@ -75,6 +75,18 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def scoring_bias(manifest: Mapping[str, Any]) -> float | None:
+    """The logit bias of a sigmoid-scored model (SigLIP), None for softmax (CLIP; manifests before the
+    `scoring` entry). Refuses a kind this code does not score, rather than scoring it as softmax."""
+    scoring = manifest.get("scoring") or {"kind": "softmax"}
+    kind = scoring.get("kind")
+    if kind == "softmax":
+        return None
+    if kind == "sigmoid":
+        return float(scoring["logit_bias"])
+    raise BundleError(f"manifest scoring kind {kind!r} is not one this server implements (softmax, sigmoid)")
+
+
 @dataclass(frozen=True)
 class Bundle:
     """A validated bundle on disk."""
@@ -102,6 +114,10 @@ class Bundle:
     @property
     def logit_scale(self) -> float:
         return float(self.manifest["logit_scale"])
+
+    @property
+    def logit_bias(self) -> float | None:
+        return scoring_bias(self.manifest)
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -136,6 +152,12 @@ def read_manifest(path: Path) -> dict[str, Any]:
         raise BundleError(f"{mpath} says version {manifest['version']!r}, but the folder is {path.name!r}")
     if manifest["format_version"] != FORMAT_VERSION:
         raise BundleError(f"{mpath}: format_version {manifest['format_version']!r} is not {FORMAT_VERSION}")
+    try:
+        scoring_bias(manifest)
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise BundleError(
+            f"{mpath}: scoring {manifest.get('scoring')!r} is not a valid scoring entry"
+        ) from None
     return manifest
 
 

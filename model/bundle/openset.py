@@ -91,6 +91,12 @@ def multi_probability(
     return (0.5 * (1.0 + np.tanh(0.5 * z))).astype(np.float32)  # a sigmoid that cannot overflow
 
 
+def sigmoid_probability(cosine: np.ndarray, logit_scale: float, logit_bias: float) -> np.ndarray:
+    """SigLIP's own per-label probability, sigmoid(logit_scale x cosine + logit_bias), [B, N]."""
+    z = logit_scale * cosine.astype(np.float64) + logit_bias
+    return (0.5 * (1.0 + np.tanh(0.5 * z))).astype(np.float32)  # a sigmoid that cannot overflow
+
+
 def softmax_probability(cosine: np.ndarray, logit_scale: float, temperature: float = 1.0) -> np.ndarray:
     """softmax(logit_scale x cosine / T) over the labels, [B, N]; T = 1 is CLIP's own."""
     z = (logit_scale / temperature) * cosine.astype(np.float64)

@@ -1,6 +1,7 @@
 """Image bytes -> normalized float32 CHW arrays, exactly as OpenAI CLIP's torchvision pipeline on PIL
-images does it (Resize(S, bicubic), CenterCrop(S), RGB, ToTensor, Normalize). Torch-free: the server
-imports it, and so does the trainer, so both sides share one implementation."""
+images does it (Resize(S, bicubic), CenterCrop(S), RGB, ToTensor, Normalize), or, for SigLIP, as its
+Hugging Face image processor does (resize straight to S x S, no crop, mean = std = 0.5). Torch-free: the
+server imports it, and so does the trainer, so both sides share one implementation."""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ _FORMAT_ALIASES = {"MPO": "JPEG"}
 _MAX_FULL_RESIZE_RATIO = 16
 _HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 _BOMB_SIZE = re.compile(r"\((\d+) pixels\)")
+# How the image reaches S x S: CLIP's short side to S then a centre crop, or SigLIP's squash to S x S.
+_CROP_OF = {"shortest_side": "center", "square": "none"}
 
 
 class ImageError(ValueError):
@@ -68,6 +71,7 @@ class PreprocessConfig:
     interpolation: str = "bicubic"
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
+    resize: str = "shortest_side"
 
     def __post_init__(self) -> None:
         # JSON manifests give lists; tuples keep the config hashable (the lookup table is cached on them).
@@ -77,25 +81,32 @@ class PreprocessConfig:
             raise ValueError(f"image_size must be a positive int, got {self.image_size!r}")
         if self.interpolation not in _RESAMPLE:
             raise ValueError(f"interpolation must be one of {sorted(_RESAMPLE)}, got {self.interpolation!r}")
+        if self.resize not in _CROP_OF:
+            raise ValueError(f"resize must be one of {sorted(_CROP_OF)}, got {self.resize!r}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError(f"mean and std need 3 values with std > 0, got {self.mean}, {self.std}")
 
     def to_dict(self) -> dict[str, Any]:
         # Fixed steps are written out so a manifest states the whole recipe and from_dict can refuse others.
         s = self.image_size
-        return {"image_size": s, "resize": "shortest_side", "resize_size": s, "crop": "center",
+        return {"image_size": s, "resize": self.resize, "resize_size": s, "crop": _CROP_OF[self.resize],
                 "crop_size": s, "interpolation": self.interpolation, "color_mode": "RGB",
                 "rescale_factor": 1 / 255, "mean": list(self.mean), "std": list(self.std)}  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PreprocessConfig:
         size = int(d.get("image_size", d.get("crop_size", 224)))
-        fixed: dict[str, object] = {"resize": "shortest_side", "crop": "center", "color_mode": "RGB"}
-        for key, want in (fixed | {"resize_size": size, "crop_size": size}).items():
+        resize = str(d.get("resize", "shortest_side"))
+        if resize not in _CROP_OF:
+            raise ValueError(
+                f"unsupported preprocessing resize={resize!r}; this code implements {sorted(_CROP_OF)}"
+            )
+        fixed = {"crop": _CROP_OF[resize], "color_mode": "RGB", "resize_size": size, "crop_size": size}
+        for key, want in fixed.items():
             if key in d and d[key] != want:
                 raise ValueError(f"unsupported preprocessing {key}={d[key]!r}; this code implements {want!r}")
         mean, std = d.get("mean", CLIP_MEAN), d.get("std", CLIP_STD)
-        return cls(size, str(d.get("interpolation", "bicubic")), tuple(mean), tuple(std))
+        return cls(size, str(d.get("interpolation", "bicubic")), tuple(mean), tuple(std), resize)
 
 
 def decode_image(
@@ -190,6 +201,12 @@ def _preprocess_into(image: Image.Image, cfg: PreprocessConfig, out: np.ndarray)
     if image.mode != "RGB":  # callers may pass any PIL image, not only decode_image's output
         image = _to_rgb(image)
     size = cfg.image_size
+    resample = _RESAMPLE[cfg.interpolation]
+    if cfg.resize == "square":
+        # SigLIP's processor: PIL resize straight to S x S (aspect ratio not kept), nothing cropped.
+        image = image.resize((size, size), resample)
+        _normalise_into(np.asarray(image), cfg, out)
+        return
     width, height = image.size
     # torchvision's Resize(int): short side S, long side int(S * long / short), truncated (HF: same).
     if width <= height:
@@ -199,13 +216,16 @@ def _preprocess_into(image: Image.Image, cfg: PreprocessConfig, out: np.ndarray)
     # torchvision's CenterCrop offset is int(round(d / 2.0)): Python rounds half to even, so an odd
     # margin d with d % 4 == 3 shifts the window one pixel further than HF's floor(d / 2) does.
     left, top = round((new_w - size) / 2.0), round((new_h - size) / 2.0)
-    resample = _RESAMPLE[cfg.interpolation]
     if max(new_w, new_h) <= _MAX_FULL_RESIZE_RATIO * size:
         # The reference path: resize everything, then crop. (Pillow copies when the size is unchanged.)
         image = image.resize((new_w, new_h), resample).crop((left, top, left + size, top + size))
     else:
         image = _resize_window(image, (new_w, new_h), (left, top), size, resample)
-    pixels = np.asarray(image)  # [S, S, 3] uint8
+    _normalise_into(np.asarray(image), cfg, out)
+
+
+def _normalise_into(pixels: np.ndarray, cfg: PreprocessConfig, out: np.ndarray) -> None:
+    """[S, S, 3] uint8 -> `out` [3, S, S] float32."""
     # uint8 has 256 values, so normalising is a lookup: one gather per channel straight into `out`, no
     # float temporaries, ~2.5x faster than x * scale - bias (and bit-identical to torchvision).
     lut = _normalisation_table(cfg.mean, cfg.std)

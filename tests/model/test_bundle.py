@@ -106,3 +106,13 @@ def test_a_bundle_is_readable_by_other_users(tmp_path: Path) -> None:
     for p in [b.path, tmp_path / "m" / CURRENT, *b.path.iterdir()]:
         want = (0o777 if p.is_dir() else 0o666) & ~_UMASK
         assert p.stat().st_mode & 0o777 == want, (p, oct(p.stat().st_mode))
+
+
+def test_scoring_bias_reads_the_manifest_and_refuses_an_unknown_kind() -> None:
+    from model.bundle.format import BundleError, scoring_bias
+
+    assert scoring_bias({}) is None  # manifests from before `scoring` are CLIP's softmax
+    assert scoring_bias({"scoring": {"kind": "softmax"}}) is None
+    assert scoring_bias({"scoring": {"kind": "sigmoid", "logit_bias": -12.5}}) == -12.5
+    with pytest.raises(BundleError, match="'hinge'"):
+        scoring_bias({"scoring": {"kind": "hinge"}})

@@ -125,3 +125,29 @@ def test_request_thresholds_win_over_the_calibrated_rule_and_name_their_score() 
     assert all(a.decision is not None and a.decision.score == "neglabel" for a in got)
     with pytest.raises(ValueError, match="lexicon"):
         answer(images, ["x"], labels, 20.0, 1, AnswerOptions(mode="multi"))
+
+
+def test_a_sigmoid_model_answers_multi_with_its_own_sigmoid_and_no_lexicon() -> None:
+    """SigLIP's probability: sigmoid(logit_scale x cosine + logit_bias), label by label."""
+    rng = np.random.default_rng(3)
+    images, labels = unit(rng, 4), unit(rng, 5)
+    names = [f"l{i}" for i in range(5)]
+    opts = AnswerOptions(mode="multi")
+    assert needs_lexicon(opts, None, logit_bias=-10.0) == (False, False)
+    assert needs_lexicon(opts, None) == (True, False)  # a softmax model's multi needs the lexicon
+    got = answer(images, names, labels, 10.0, 5, opts, logit_bias=-1.5)
+    cos = images @ labels.T
+    for i, a in enumerate(got):
+        for s in a.labels:
+            j = names.index(s.label)
+            assert s.probability == pytest.approx(1 / (1 + np.exp(-(10.0 * cos[i, j] - 1.5))), abs=1e-6)
+        probs = [s.probability for s in a.labels]
+        assert probs == sorted(probs, reverse=True)
+    # single mode stays the softmax over the labels sent, bias or not
+    single = answer(images, names, labels, 10.0, 5, logit_bias=-1.5)[0].labels
+    assert sum(s.probability for s in single) == pytest.approx(1.0, abs=1e-5)
+    # a threshold on the multi probability is decided on the sigmoid
+    ruled = answer(
+        images, names, labels, 10.0, 5, AnswerOptions("multi", min_probability=0.99), logit_bias=-1.5
+    )
+    assert all(a.abstained for a in ruled)

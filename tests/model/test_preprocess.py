@@ -501,3 +501,41 @@ def test_jpeg_draft_decodes_smaller_but_never_below_the_input_size() -> None:
     assert np.array_equal(
         preprocess_bytes(png.getvalue(), cfg), preprocess_bytes(png.getvalue(), cfg, jpeg_draft=True)
     )
+
+
+# ---------------------------------------------------------------- SigLIP's square resize
+
+SIGLIP = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), resize="square")
+
+
+def siglip_pixels(img: Image.Image, size: int) -> np.ndarray:
+    """transformers' SigLIP image processor, the PIL one (5.x names it SiglipImageProcessorPil)."""
+    transformers = pytest.importorskip("transformers")
+    cls = getattr(transformers, "SiglipImageProcessorPil", None) or transformers.SiglipImageProcessor
+    proc = cls(size={"height": size, "width": size})
+    return np.asarray(proc(images=img, return_tensors="np")["pixel_values"][0])
+
+
+@pytest.mark.parametrize("size", (64, 224))
+@pytest.mark.parametrize("source", [*PHOTOS, (512, 100), (97, 511), (1, 300)])
+def test_square_resize_matches_siglips_processor(source: Any, size: int) -> None:
+    """The same Pillow bicubic resize to S x S and the same x / 255, (x - 0.5) / 0.5: expected identical,
+    held to PARITY_TOL like CLIP's (a one-level pixel difference would be 1 / 255 / 0.5 ~ 0.0078)."""
+    img = photo(source) if isinstance(source, str) else odd_crop(source)
+    ours = preprocess_image(img, PreprocessConfig(image_size=size, **SIGLIP))  # type: ignore[arg-type]
+    assert ours.shape == (3, size, size)
+    assert np.abs(ours - siglip_pixels(img, size)).max() <= PARITY_TOL
+
+
+def test_square_preprocessing_round_trips_and_refuses_a_mismatched_crop() -> None:
+    cfg = PreprocessConfig(image_size=96, **SIGLIP)  # type: ignore[arg-type]
+    d = cfg.to_dict()
+    assert d["resize"] == "square" and d["crop"] == "none"
+    assert PreprocessConfig.from_dict(d) == cfg
+    assert PreprocessConfig.from_dict(PreprocessConfig(image_size=96).to_dict()).resize == "shortest_side"
+    with pytest.raises(ValueError, match="crop"):
+        PreprocessConfig.from_dict(d | {"crop": "center"})
+    with pytest.raises(ValueError, match="resize"):
+        PreprocessConfig.from_dict(d | {"resize": "longest_side"})
+    with pytest.raises(ValueError, match="resize"):
+        PreprocessConfig(resize="pad")
