@@ -20,6 +20,7 @@ import torch
 
 from model.bundle.atomic import atomic_write
 from model.clip import CLIP, CLIPConfig, build_model, get_preset, with_image_size
+from model.siglip import FAMILY, SigLIP, SiglipConfig
 
 if TYPE_CHECKING:  # train_config imports TrainError from here
     from model.train_config import TrainConfig
@@ -69,8 +70,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict[str, Any]) -> CLIP:
-    model = CLIP(CLIPConfig.from_dict(ckpt["model_config"]))
+def model_from_checkpoint(ckpt: dict[str, Any]) -> CLIP | SigLIP:
+    """The model a checkpoint holds: a SigLIP when its config says family "siglip", else a CLIP."""
+    mcfg = ckpt["model_config"]
+    model: CLIP | SigLIP = (
+        SigLIP(SiglipConfig.from_dict(mcfg))
+        if mcfg.get("family") == FAMILY
+        else CLIP(CLIPConfig.from_dict(mcfg))
+    )
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
@@ -111,10 +118,10 @@ def build_for_training(cfg: TrainConfig, resume: str | Path | None) -> tuple[CLI
     """The model to train: from the resumed checkpoint, the fine-tuning source, or a fresh preset."""
     if resume:
         ckpt = load_checkpoint(resume)
-        return model_from_checkpoint(ckpt), ckpt
+        return _clip_only(model_from_checkpoint(ckpt), resume), ckpt
     if cfg.init_from:
         src = resolve_init(cfg.init_from)
-        model = model_from_checkpoint(load_checkpoint(src))
+        model = _clip_only(model_from_checkpoint(load_checkpoint(src)), src)
         size = model.config.vision.image_size
         if cfg.image_size and cfg.image_size != size:
             raise TrainError(f"image_size {cfg.image_size} differs from {src}'s {size}; leave it unset")
@@ -126,3 +133,13 @@ def build_for_training(cfg: TrainConfig, resume: str | Path | None) -> tuple[CLI
         log.info("fine-tuning from %s (the preset %r is not used)", src, cfg.preset)
         return model, None
     return build_model(model_config(cfg)), None
+
+
+def _clip_only(model: CLIP | SigLIP, src: str | Path) -> CLIP:
+    if isinstance(model, SigLIP):
+        raise TrainError(
+            f"{src} holds a SigLIP (imported from transformers): this trainer does not train that "
+            "architecture yet; it exports and serves it (zeroshot export), and trains CLIP with the "
+            "sigmoid loss (--loss sigmoid)"
+        )
+    return model

@@ -100,8 +100,10 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_import(args: argparse.Namespace) -> None:
     from model.bundle.preprocess import PreprocessConfig
     from model.bundle.tokenizer import ClipTokenizer
-    from model.export import describe_parity, export_bundle, sample_inputs
+    from model.export import Tokenizer, describe_parity, export_bundle, sample_inputs
     from model.importer import load_published, save_imported_checkpoint
+    from model.siglip import SigLIP
+    from model.siglip_import import siglip_inputs
 
     out = Path(args.out)
     ckpt_path = Path(args.checkpoint_out or Path("runs") / f"import-{out.name}" / "imported.pt")
@@ -109,11 +111,16 @@ def cmd_import(args: argparse.Namespace) -> None:
     print(f"{args.kind} weights from {args.path}: {imported.summary()}", flush=True)
     cfg = imported.model.config
     pre = PreprocessConfig(image_size=cfg.vision.image_size)  # CLIP's recipe at the model's own size
-    images, texts = sample_inputs(cfg.vision.image_size)
+    tokenizer: Tokenizer = ClipTokenizer.clip_bpe(context_length=cfg.text.context_length)
+    if isinstance(imported.model, SigLIP):  # the checkpoint's own processor and tokenizer
+        pre, tokenizer = siglip_inputs(imported.folder, imported.model.config)
+    images, texts = sample_inputs(cfg.vision.image_size, pre=pre)
+    if isinstance(imported.model, SigLIP):  # every prompt costs the full 64 tokens: check a third of them
+        texts = texts[::3]
     source = {"kind": args.kind, "path": str(args.path), "checkpoint": str(ckpt_path)}
     bundle = export_bundle(
         imported.model,
-        ClipTokenizer.clip_bpe(context_length=cfg.text.context_length),
+        tokenizer,
         out,
         images,
         texts,

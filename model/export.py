@@ -1,4 +1,4 @@
-"""Export a CLIP model to an ONNX model bundle, check it against torch, publish it atomically.
+"""Export a CLIP (or SigLIP) model to an ONNX model bundle, check it against torch, publish it atomically.
 
 The image encoder takes [B, 3, S, S] and the text encoder [B, L] with both B and L dynamic, so the
 server pads prompts only to the longest in a batch. Before a bundle becomes visible its encoders run
@@ -34,13 +34,18 @@ from model.bundle.format import (
     set_current,
     write_bundle,
 )
+from model.bundle.hf_tokenizer import FixedLengthTokenizer
 from model.bundle.preprocess import PreprocessConfig
 from model.bundle.tokenizer import ClipTokenizer
 from model.clip import CLIP
 from model.fp16 import Fp16Error, write_fp16_encoders
 from model.quantize import quantize_image_encoder
+from model.siglip import SigLIP
 
 log = logging.getLogger(__name__)
+
+Model = CLIP | SigLIP  # both offer encode_image, encode_text, logit_scale and logit_bias
+Tokenizer = ClipTokenizer | FixedLengthTokenizer  # CLIP's BPE; SigLIP's SentencePiece, fixed length
 
 DEFAULT_TOLERANCE = 1e-4
 OPSET = 18
@@ -52,7 +57,7 @@ class ExportError(Exception):
 
 
 class _ImageEncoder(nn.Module):
-    def __init__(self, model: CLIP) -> None:
+    def __init__(self, model: Model) -> None:
         super().__init__()
         self.model = model
 
@@ -61,7 +66,7 @@ class _ImageEncoder(nn.Module):
 
 
 class _TextEncoder(nn.Module):
-    def __init__(self, model: CLIP) -> None:
+    def __init__(self, model: Model) -> None:
         super().__init__()
         self.model = model
 
@@ -85,14 +90,14 @@ def _quiet_exporter() -> Iterator[None]:
             logging.getLogger(n).setLevel(lvl)
 
 
-def export_onnx(model: CLIP, out_dir: Path) -> None:
+def export_onnx(model: Model, out_dir: Path) -> None:
     """Write image_encoder.onnx and text_encoder.onnx (fp32, dynamic batch and sequence) into out_dir."""
     model = model.eval().float()
     s = model.config.vision.image_size
     batch = torch.export.Dim("batch", min=1, max=65536)
     seq = torch.export.Dim("seq", min=2, max=model.config.text.context_length)
     ids = torch.zeros(2, 5, dtype=torch.long)
-    ids[:, 0], ids[:, 1:4], ids[:, 4] = 1, 2, model.config.text.eot_id
+    ids[:, 0], ids[:, 1:4], ids[:, 4] = 1, 2, getattr(model.config.text, "eot_id", 1)  # SigLIP: none
     jobs: list[tuple[nn.Module, tuple[torch.Tensor], str, str, str, dict[int, Any]]] = [
         (
             _ImageEncoder(model),
@@ -143,7 +148,7 @@ def describe_parity(parity: Mapping[str, Any]) -> str:
 
 
 def torch_features(
-    model: CLIP, images: np.ndarray, token_ids: Sequence[np.ndarray]
+    model: Model, images: np.ndarray, token_ids: Sequence[np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray]:
     """torch fp32's normalized features of the images [N, E] and of every token batch, in order."""
     model = model.eval().float()
@@ -193,8 +198,8 @@ def requantize_image_encoder(bundle: Bundle, out_dir: Path) -> dict[str, Any]:
 
 
 def export_bundle(
-    model: CLIP,
-    tokenizer: ClipTokenizer,
+    model: Model,
+    tokenizer: Tokenizer,
     model_dir: str | Path,
     sample_images: np.ndarray,
     sample_texts: Sequence[str],
@@ -250,24 +255,34 @@ def export_bundle(
     return bundle
 
 
-def _check_fit(model: CLIP, tokenizer: ClipTokenizer, preprocess: PreprocessConfig) -> None:
+def _check_fit(model: Model, tokenizer: Tokenizer, preprocess: PreprocessConfig) -> None:
     cfg = model.config
     if preprocess.image_size != cfg.vision.image_size:
         raise ExportError(
             f"preprocessing size {preprocess.image_size} != model image size {cfg.vision.image_size}"
         )
-    if tokenizer.vocab_size > cfg.text.vocab_size or tokenizer.eot_id != cfg.text.eot_id:
+    if isinstance(model, SigLIP):  # pooled at the last position: the tokenizer must pad to its length
+        text, length = model.config.text, tokenizer.context_length
+        if tokenizer.vocab_size > text.vocab_size or length != text.context_length:
+            raise ExportError(
+                f"tokenizer (vocab {tokenizer.vocab_size}, padded to {length}) does not "
+                f"fit the model (vocab {text.vocab_size}, {text.context_length} positions)"
+            )
+        return
+    clip = model.config.text
+    if tokenizer.vocab_size > clip.vocab_size or tokenizer.eot_id != clip.eot_id:
         raise ExportError(
             f"tokenizer (vocab {tokenizer.vocab_size}, eot {tokenizer.eot_id}) does not fit the model "
-            f"(vocab {cfg.text.vocab_size}, eot {cfg.text.eot_id})"
+            f"(vocab {clip.vocab_size}, eot {clip.eot_id})"
         )
 
 
-def _manifest(model: CLIP, tokenizer: ClipTokenizer, preprocess: PreprocessConfig) -> dict[str, Any]:
+def _manifest(model: Model, tokenizer: Tokenizer, preprocess: PreprocessConfig) -> dict[str, Any]:
     """What the server needs to know of the model (the bundle contract, docs/architecture.md)."""
     cfg = model.config
     return {
         "architecture": {
+            "family": "siglip" if isinstance(model, SigLIP) else "clip",
             "embed_dim": cfg.embed_dim,
             "image_size": cfg.vision.image_size,
             "context_length": cfg.text.context_length,
@@ -292,7 +307,9 @@ def _manifest(model: CLIP, tokenizer: ClipTokenizer, preprocess: PreprocessConfi
     }
 
 
-def sample_inputs(image_size: int, n_images: int = 8) -> tuple[np.ndarray, list[str]]:
+def sample_inputs(
+    image_size: int, n_images: int = 8, pre: PreprocessConfig | None = None
+) -> tuple[np.ndarray, list[str]]:
     """Rendered images and 250+ varied prompts for the export's ONNX-vs-torch check.
 
     Few images suffice (a ViT-L/14 at 336 px takes seconds per image on a small CPU, and 8 already
@@ -302,7 +319,7 @@ def sample_inputs(image_size: int, n_images: int = 8) -> tuple[np.ndarray, list[
     from model.bundle.prompts import fill, get_templates
     from model.data.synthetic import SyntheticShapes, all_classes, class_name
 
-    pre = PreprocessConfig(image_size=image_size)
+    pre = pre or PreprocessConfig(image_size=image_size)  # the bundle's own: SigLIP's squash, say
     shapes = SyntheticShapes(image_size=image_size, seed=7, split="all", length=n_images)
     images = np.stack([preprocess_image(shapes[i].image, pre) for i in range(len(shapes))])
     texts = [p for c in all_classes() for p in fill(get_templates("imagenet7"), class_name(*c))]

@@ -4,7 +4,9 @@ Three sources, two naming schemes. OpenAI's release files are TorchScript archiv
 carries OpenAI's names (ours); open_clip saves the same names for its standard CLIP models, often
 inside a training checkpoint {"epoch", "state_dict", ...} with DDP's `module.` prefixes; Hugging Face
 folders (config.json + safetensors or pytorch_model.bin) use transformers' names, mapped in
-model/weights.py. The imported model becomes an ONNX bundle (through the usual parity-checked export)
+model/weights.py; SigLIP folders (SiglipModel, model_type 'siglip') are mapped in model/siglip_weights.py
+onto model/siglip.py, with their processor's preprocessing and tokenizer (model/siglip_import.py).
+The imported model becomes an ONNX bundle (through the usual parity-checked export)
 and a zeroshot training checkpoint, so it can be served and fine-tuned.
 """
 
@@ -17,12 +19,14 @@ import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 
 from model.checkpoints import save_checkpoint
 from model.clip import CLIP, Activation, count_parameters
+from model.siglip import SigLIP, SiglipConfig
+from model.siglip_weights import describe_siglip, is_siglip_config, siglip_from_hf
 from model.weights import WeightsError, describe, model_from_hf, model_from_openai
 
 log = logging.getLogger(__name__)
@@ -34,20 +38,28 @@ SOURCES: tuple[Source, ...] = ("openai", "open_clip", "hf")
 # or OpenAI publishes with our block shape uses 64. Weights cannot tell, so the width identifies them.
 # (ViT-g and ViT-bigG also change the MLP ratio, which our blocks do not support: their shapes do not fit.)
 _OPENCLIP_VISION_HEAD_WIDTH = {1280: 80}
+M = TypeVar("M", CLIP, SigLIP)
 _HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
 @dataclass
 class Imported:
-    model: CLIP
+    model: CLIP | SigLIP
     source: Source
     path: Path
-    activation: Activation
+    activation: str
+
+    @property
+    def folder(self) -> Path:
+        """The checkpoint's folder (where an hf import finds its processor and tokenizer files)."""
+        return self.path if self.path.is_dir() else self.path.parent
 
     def summary(self) -> str:
         n, image = count_parameters(self.model), count_parameters(self.model.visual)
+        cfg = self.model.config
+        arch = describe_siglip(cfg) if isinstance(cfg, SiglipConfig) else describe(cfg)
         return (
-            f"{describe(self.model.config)}; activation {self.activation}; "
+            f"{arch}; activation {self.activation}; "
             f"{n / 1e6:.2f}M parameters (image tower {image / 1e6:.2f}M, text {(n - image) / 1e6:.2f}M)"
         )
 
@@ -119,10 +131,10 @@ def read_hf_folder(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]
         ) from None
     except ValueError as e:
         raise WeightsError(f"{folder / 'config.json'} is not valid JSON: {e}") from None
-    if config.get("model_type") != "clip":
+    if config.get("model_type") != "clip" and not is_siglip_config(config):  # refuses NaFlex SigLIP 2
         raise WeightsError(
             f"unsupported architecture: model_type {config.get('model_type')!r} in {folder / 'config.json'}; "
-            "only transformers' CLIPModel ('clip') is supported"
+            "transformers' CLIPModel ('clip') and SiglipModel ('siglip') are supported"
         )
     found = [folder / n for n in _HF_WEIGHTS if (folder / n).is_file()]
     files = [path] if path.is_file() and path.name != "config.json" else found[:1]
@@ -144,6 +156,9 @@ def load_published(source: Source, path: str | Path, activation: Activation | No
         if activation is not None:
             raise WeightsError("--activation does not apply to hf: config.json's hidden_act says it")
         sd, config = read_hf_folder(path)
+        if config.get("model_type") != "clip":
+            siglip = _build(lambda: siglip_from_hf(sd, config))
+            return Imported(siglip, source, path, siglip.config.activation)
         model = _build(lambda: model_from_hf(sd, config))
         return Imported(model, source, path, model.config.activation)
     if source not in ("openai", "open_clip"):
@@ -160,7 +175,7 @@ def load_published(source: Source, path: str | Path, activation: Activation | No
     return Imported(model, source, path, act)
 
 
-def _build(make: Callable[[], CLIP]) -> CLIP:
+def _build(make: Callable[[], M]) -> M:
     try:
         return make()
     except WeightsError:
@@ -169,7 +184,7 @@ def _build(make: Callable[[], CLIP]) -> CLIP:
         raise WeightsError(f"the inferred architecture cannot be built: {e}") from None
 
 
-def save_imported_checkpoint(model: CLIP, path: Path, source: Mapping[str, str]) -> None:
+def save_imported_checkpoint(model: CLIP | SigLIP, path: Path, source: Mapping[str, str]) -> None:
     """A checkpoint that `zeroshot export` and model.train.load_checkpoint accept (step 0, no optimizer)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     ckpt = {

@@ -28,7 +28,7 @@ from model.bundle.format import (
 from model.bundle.io_binding import BoundRunner
 from model.bundle.preprocess import PreprocessConfig
 from model.bundle.providers import Device, GpuOptions, InputProfile, ProviderList, choose_providers
-from model.bundle.tokenizer import ClipTokenizer
+from model.bundle.tokenizer import TextTokenizer, open_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class Encoders(TextEncoder, Protocol):
     feeds the text tower, and the preprocessing that feeds the image tower."""
 
     @property
-    def tokenizer(self) -> ClipTokenizer: ...
+    def tokenizer(self) -> TextTokenizer: ...
 
     @property
     def preprocess(self) -> PreprocessConfig: ...
@@ -135,8 +135,8 @@ class OnnxEncoders:
             if gpu_type
             else None
         )
-        self.tokenizer = ClipTokenizer.from_file(
-            bundle.file(TOKENIZER), context_length=int(bundle.architecture["context_length"])
+        self.tokenizer = open_tokenizer(
+            bundle.file(TOKENIZER), bundle.manifest["tokenizer"], int(bundle.architecture["context_length"])
         )
         self.preprocess = PreprocessConfig.from_dict(bundle.manifest["preprocessing"])
         self.embed_dim = int(bundle.architecture["embed_dim"])
@@ -269,7 +269,7 @@ class TokenEncoder(Protocol):
     """What encode_by_length needs: a tokenizer, the feature width and a token-id encoder."""
 
     @property
-    def tokenizer(self) -> ClipTokenizer: ...
+    def tokenizer(self) -> TextTokenizer: ...
 
     @property
     def embed_dim(self) -> int: ...

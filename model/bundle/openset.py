@@ -20,7 +20,7 @@ from typing import Literal
 
 import numpy as np
 
-from model.bundle.tokenizer import ClipTokenizer
+from model.bundle.tokenizer import TextTokenizer
 
 LEXICON_WORDS = 10_000  # whole words mined from the vocabulary
 LEXICON_TEMPLATE = "a photo of a {}."
@@ -37,16 +37,17 @@ Score = Literal["mcm", "multi", "cosine", "neglabel"]
 SCORES: tuple[Score, ...] = ("mcm", "multi", "cosine", "neglabel")
 
 
-def lexicon(tokenizer: ClipTokenizer, n: int = LEXICON_WORDS) -> list[str]:
+def lexicon(tokenizer: TextTokenizer, n: int = LEXICON_WORDS) -> list[str]:
     """The n commonest whole words of the vocabulary: lower-case ASCII letters, three or more.
 
-    BPE ids follow merge order, so lower ids are the more frequent words of the tokenizer's corpus."""
-    vocab = tokenizer.vocab()
-    words = [
-        (i, t[:-4])
-        for t, i in vocab.items()
-        if t.endswith("</w>") and len(t) >= 7 and t[:-4].isascii() and t[:-4].isalpha() and t[:-4].islower()
-    ]
+    CLIP's BPE marks a word's end ("dog</w>") and its ids follow merge order; SentencePiece (SigLIP)
+    marks a word's start ("▁dog") and its ids follow the pieces' scores. Either way lower ids are the
+    more frequent words of the tokenizer's corpus."""
+    words = []
+    for t, i in tokenizer.vocab().items():
+        w = t[:-4] if t.endswith("</w>") else t[1:] if t.startswith("▁") else ""
+        if len(w) >= 3 and w.isascii() and w.isalpha() and w.islower():
+            words.append((i, w))
     return [w for _, w in sorted(words)[:n]]
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from model.bundle.encoders import available_cpus, encode_by_length, l2_normalize
 from model.bundle.format import IMAGE_ENCODER, TEXT_ENCODER, TOKENIZER, Bundle, BundleError
 from model.bundle.preprocess import PreprocessConfig
-from model.bundle.tokenizer import ClipTokenizer
+from model.bundle.tokenizer import open_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,8 @@ class OpenVinoEncoders:
         }
         self.image_model = self._compile(core, IMAGE_ENCODER, config, "pixel_values", "image_features")
         self.text_model = self._compile(core, TEXT_ENCODER, config, "input_ids", "text_features")
-        self.tokenizer = ClipTokenizer.from_file(
-            bundle.file(TOKENIZER), context_length=int(bundle.architecture["context_length"])
+        self.tokenizer = open_tokenizer(
+            bundle.file(TOKENIZER), bundle.manifest["tokenizer"], int(bundle.architecture["context_length"])
         )
         self.preprocess = PreprocessConfig.from_dict(bundle.manifest["preprocessing"])
         self.embed_dim = int(bundle.architecture["embed_dim"])

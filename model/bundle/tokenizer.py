@@ -4,6 +4,9 @@ OpenAI's `simple_tokenizer.py` cleans the text in Python (ftfy, HTML unescape tw
 lower-case), splits it with a regex, maps bytes to printable characters and runs BPE with a `</w>`
 end-of-word marker. We keep the cleaning in Python, exactly as OpenAI wrote it, and hand the rest to
 `tokenizers` (Rust), which is what makes batches fast. Torch-free: the server imports this module.
+
+`open_tokenizer` opens a bundle's tokenizer from its manifest's facts: this one, or SigLIP's
+fixed-length SentencePiece tokenizer (model/bundle/hf_tokenizer.py); `TextTokenizer` is what both offer.
 """
 
 from __future__ import annotations
@@ -12,12 +15,16 @@ import gzip
 import html
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, Protocol
 
 import ftfy
 import numpy as np
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+
+from model.bundle import hf_tokenizer
+from model.bundle.format import BundleError
 
 logger = logging.getLogger(__name__)
 
@@ -242,3 +249,47 @@ class ClipTokenizer:
             "lowercase": True,
             "cleaning": CLEANING,
         }
+
+
+class TextTokenizer(Protocol):
+    """What the encoders, the label cache and the text lane use of a bundle's tokenizer."""
+
+    context_length: int
+    pad_id: int
+    vocab_size: int
+
+    def clean(self, text: str) -> str: ...
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def token_lengths(self, texts: Sequence[str]) -> list[int]: ...
+
+    def encode_batch(self, texts: Sequence[str], pad_to: int | None = None) -> np.ndarray: ...
+
+    def vocab(self) -> dict[str, int]: ...
+
+    def facts(self) -> dict[str, object]: ...
+
+    def save(self, path: str | Path) -> None: ...
+
+
+# A manifest without a kind predates the field: every such bundle holds CLIP's BPE.
+CLIP_KINDS = (None, "clip-bpe", "clip_bpe")
+
+
+def open_tokenizer(path: str | Path, facts: Mapping[str, Any], context_length: int) -> TextTokenizer:
+    """The tokenizer.json at `path` as the manifest's tokenizer facts say to read it: CLIP's BPE
+    (no kind, or "clip-bpe"), or SigLIP's fixed-length SentencePiece ("sentencepiece_fixed").
+    `context_length`: the architecture's. A kind this code does not know is a BundleError naming it."""
+    if not isinstance(facts, Mapping):
+        raise BundleError(f"{path}: the manifest's tokenizer facts must be an object, not {facts!r}")
+    kind = facts.get("kind")
+    if kind in CLIP_KINDS:
+        return ClipTokenizer.from_file(path, context_length)
+    if kind == hf_tokenizer.KIND:
+        try:
+            return hf_tokenizer.FixedLengthTokenizer.from_facts(path, facts, context_length)
+        except ValueError as e:
+            raise BundleError(f"{path}: {e}") from None
+    known = ", ".join(repr(k) for k in (*CLIP_KINDS[1:], hf_tokenizer.KIND))
+    raise BundleError(f"{path}: the manifest's tokenizer kind {kind!r} is unknown; this code reads {known}")

@@ -285,7 +285,7 @@ ERRORS = {  # case -> what the one-line message must say
     "unsupported tower": "unsupported image tower",
     "shapes": "shapes do not fit",
     "hf without config": "has no config.json",
-    "hf not clip": "unsupported architecture: model_type 'siglip'",
+    "hf not clip": "unsupported architecture: model_type 'bert'",
     "openai with gelu": "trained with QuickGELU",
 }
 
@@ -303,7 +303,7 @@ def _error_case(case: str, sd: dict[str, torch.Tensor], d: Path) -> list[str]:
         torch.save([1, 2], f)
     elif case.startswith("hf"):
         if case == "hf not clip":
-            (d / "config.json").write_text(json.dumps({"model_type": "siglip"}))
+            (d / "config.json").write_text(json.dumps({"model_type": "bert"}))
         return ["hf", str(d)]
     elif case == "openai with gelu":
         torch.save(sd, f)

@@ -35,6 +35,15 @@ def test_the_lexicon_is_common_whole_words_of_the_vocabulary() -> None:
     assert lexicon(tok, 100) == words[:100]
 
 
+def test_the_lexicon_of_a_sentencepiece_vocabulary_is_its_word_initial_pieces() -> None:
+    class Pieces:  # SigLIP's vocabulary: "▁" starts a word; ids follow the pieces' scores
+        def vocab(self) -> dict[str, int]:
+            return {"</s>": 1, "▁the": 5, "▁dog": 9, "ing": 3, "▁a": 4, "▁Cat": 6, "▁café": 7, "▁car": 8}
+
+    assert lexicon(Pieces(), 10) == ["the", "car", "dog"]  # type: ignore[arg-type]
+    assert lexicon(Pieces(), 1) == ["the"]  # type: ignore[arg-type]
+
+
 def test_negatives_are_the_words_farthest_from_every_label() -> None:
     rng = np.random.default_rng(0)
     lex, labels = unit(rng, 500), unit(rng, 4)
