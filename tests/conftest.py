@@ -10,6 +10,10 @@ from types import ModuleType
 import numpy as np
 import pytest
 
+from tests.siglip_checkpoint import siglip_models
+
+__all__ = ["siglip_models"]  # a session fixture: a tiny SigLIP bundle, for the served-SigLIP tests
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_DIR = ROOT / "models" / "default"
 

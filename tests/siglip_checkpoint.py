@@ -59,7 +59,7 @@ def train_spiece(path: Path) -> Path:
 
 def siglip_folder(folder: Path, *, tiny: bool, seed: int = 0) -> tuple[Any, Path]:
     """(the perturbed transformers SiglipModel, the folder it was saved to). `tiny`: 32 px, width 64,
-    2 layers, 16 tokens; else SigLIP-B/16-224 in every respect but the vocabulary (1,000 pieces)."""
+    2 layers, 24 tokens; else SigLIP-B/16-224 in every respect but the vocabulary (1,000 pieces)."""
     transformers = pytest.importorskip("transformers")
     import torch
 
@@ -71,7 +71,7 @@ def siglip_folder(folder: Path, *, tiny: bool, seed: int = 0) -> tuple[Any, Path
             "num_attention_heads": 2,
         }
         vision = {**common, "image_size": 32, "patch_size": 8}
-        text = {**common, "max_position_embeddings": 16}
+        text = {**common, "max_position_embeddings": 24}
     else:
         vision, text = {}, {}  # transformers' defaults are SigLIP-B/16-224
     # SigLIP's special ids (transformers' defaults are CLIP's 49406/49407, outside this vocabulary)
@@ -92,3 +92,34 @@ def siglip_folder(folder: Path, *, tiny: bool, seed: int = 0) -> tuple[Any, Path
     size = cfg.vision_config.image_size
     transformers.SiglipImageProcessorPil(size={"height": size, "width": size}).save_pretrained(folder)
     return hf, folder
+
+
+def import_siglip(folder: Path, out: Path, version: str) -> Path:
+    """`zeroshot import hf FOLDER --out OUT --version VERSION`, as a user runs it; returns OUT."""
+    from model.cli import main
+
+    ckpt = out.parent / f".{out.name}-{version}.pt"
+    argv = [
+        "import",
+        "hf",
+        str(folder),
+        "--out",
+        str(out),
+        "--version",
+        version,
+        "--checkpoint-out",
+        str(ckpt),
+    ]
+    assert main(argv) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def siglip_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models folder holding `siglip`: a tiny random SigLIP imported from its transformers folder,
+    version v1 published (CURRENT); a second checkpoint's folder is kept beside it for reload tests."""
+    tmp = tmp_path_factory.mktemp("siglip-served")
+    _, folder = siglip_folder(tmp / "hf-v1", tiny=True, seed=0)
+    siglip_folder(tmp / "hf-v2", tiny=True, seed=1)
+    import_siglip(folder, tmp / "models" / "siglip", "v1")
+    return tmp / "models"

@@ -7,6 +7,7 @@ import base64
 import io
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import schemathesis
@@ -60,10 +61,14 @@ schemathesis.openapi.format(
 schema = schemathesis.openapi.from_dict(create_app(Settings(models_dir=Path("unused"))).openapi())
 
 
-@pytest.fixture(scope="module")
-def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    tmp: Path = tmp_path_factory.mktemp("schema")
-    s = server_settings(tmp, max_labels_per_request=20, max_images_per_request=4, max_queue=64)
+@pytest.fixture(scope="module", params=["default", "siglip"])
+def base_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A live server on the default CLIP bundle, and one on a SigLIP bundle (tests/siglip_checkpoint.py)."""
+    tmp: Path = tmp_path_factory.mktemp(f"schema-{request.param}")
+    kw: dict[str, Any] = {}
+    if request.param == "siglip":
+        kw = {"models_dir": request.getfixturevalue("siglip_models"), "model_name": "siglip"}
+    s = server_settings(tmp, max_labels_per_request=20, max_images_per_request=4, max_queue=64, **kw)
     with live_server(s) as base:
         yield base
 
