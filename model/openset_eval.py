@@ -45,6 +45,7 @@ from model.bundle.openset import (
     neglabel_score,
     reference,
     select_negatives,
+    sigmoid_probability,
     softmax_probability,
 )
 from model.bundle.preprocess import preprocess_bytes
@@ -222,9 +223,12 @@ def _plot(coverage: np.ndarray, accuracy: np.ndarray, path: Path, title: str) ->
     plt.close(fig)
 
 
-def _multilabel(encoders: Encoders, extra: dict[str, Any], n: int) -> dict[str, Any]:
+def _multilabel(
+    encoders: Encoders, extra: dict[str, Any], n: int, logit_bias: float | None = None
+) -> dict[str, Any]:
     """Multi-mode answers on two-object scenes (all 36 classes listed): micro F1 at 0.5 and at the best
-    threshold, and mAP, uncalibrated and with the per-label sigmoids fitted on single-object images."""
+    threshold, and mAP, uncalibrated and with the per-label sigmoids fitted on single-object images;
+    for a sigmoid-loss model also its own sigmoid, which is what the server answers mode=multi with."""
     data = SyntheticShapes(encoders.preprocess.image_size, seed=TEST_SEED, split="scenes", length=n)
     samples = [data[i] for i in range(n)]
     feats = encode(encoders, (x.image for x in samples), n, "two-object scenes")
@@ -237,11 +241,13 @@ def _multilabel(encoders: Encoders, extra: dict[str, Any], n: int) -> dict[str, 
     ref = reference(feats @ extra["lex"].T)
     fit = extra["fit"]
     out: dict[str, Any] = {"images": n, "objects_per_image": 2}
-    for name, (a, b) in {
-        "uncalibrated": (None, None),
-        "calibrated": (np.array(fit.a), np.array(fit.b)),
-    }.items():
-        p = multi_probability(cos, ref, extra["scale"], a, b)
+    probabilities = {
+        "uncalibrated": multi_probability(cos, ref, extra["scale"]),
+        "calibrated": multi_probability(cos, ref, extra["scale"], np.array(fit.a), np.array(fit.b)),
+    }
+    if logit_bias is not None:
+        probabilities["model_sigmoid"] = sigmoid_probability(cos, extra["scale"], logit_bias)
+    for name, p in probabilities.items():
         best_t, best_f1 = best_f1_threshold(p, truth)
         out[name] = {
             "f1_at_0.5": multilabel_f1(p, truth, 0.5)["f1"],
@@ -258,9 +264,11 @@ def openset_report(
     per_class: int = 10,
     out_images: int = 360,
     plot: Path | None = None,
+    logit_bias: float | None = None,
 ) -> dict[str, Any]:
     """Both tests: per_class test images per listed class, out_images far out-of-set images (the near
-    test takes 2 x per_class per held-out pair); the calibration split is half as large."""
+    test takes 2 x per_class per held-out pair); the calibration split is half as large. `logit_bias`:
+    a sigmoid-loss model's (the manifest's scoring), whose own sigmoid is reported beside the others."""
     far_labels = [class_name(*c) for c in all_classes()]
     near_labels = [class_name(*c) for c in seen_classes()]
     far, far_extra = _case(encoders, logit_scale, far_labels, per_class, "far", out_images)
@@ -271,7 +279,7 @@ def openset_report(
         "near": near,
         "calibration": _calibration_figures(far_extra),
         "coverage": _coverage(far_extra, plot),
-        "multilabel": _multilabel(encoders, far_extra, 36 * per_class),
+        "multilabel": _multilabel(encoders, far_extra, 36 * per_class, logit_bias),
         "plot": None if plot is None else str(plot),
     }
 
@@ -297,8 +305,10 @@ def format_openset(report: dict[str, Any]) -> str:
     cov = report["coverage"]
     at = ", ".join(f"{k.split('_')[-1]}: {v:.3f}" for k, v in cov.items() if k != "score")
     lines.append(f"far test, answers ordered by {cov['score']}: accuracy at coverage {at}")
-    for name in ("uncalibrated", "calibrated"):
-        m = report["multilabel"][name]
+    for name in ("uncalibrated", "calibrated", "model_sigmoid"):
+        m = report["multilabel"].get(name)
+        if m is None:  # model_sigmoid: only for a sigmoid-loss model
+            continue
         lines.append(
             f"two-object scenes, multi {name}: F1 {m['f1_at_0.5']:.3f} at 0.5, {m['best_f1']:.3f} at "
             f"{m['best_threshold']:.3g}; mAP {m['mAP']:.3f}"
@@ -317,6 +327,11 @@ def evaluate_openset(
 
     bundle = load_bundle(bundle_path)
     report = openset_report(
-        OnnxEncoders(bundle, device="auto"), bundle.logit_scale, per_class, out_images, plot
+        OnnxEncoders(bundle, device="auto"),
+        bundle.logit_scale,
+        per_class,
+        out_images,
+        plot,
+        bundle.logit_bias,
     )
     return {"model": {"name": bundle.name, "version": bundle.version}, **report}

@@ -57,3 +57,17 @@ def test_eval_open_set_reports_every_score_on_both_tests(tmp_path: Path) -> None
     assert cal["ece_after"] <= 0.05
     assert 0 <= report["multilabel"]["uncalibrated"]["best_f1"] <= 1
     assert (tmp_path / "coverage.png").stat().st_size > 1000
+
+
+def test_eval_open_set_of_a_sigmoid_bundle_reports_its_own_sigmoid(
+    siglip_models: Path, tmp_path: Path
+) -> None:
+    """A SigLIP bundle's multi answers are its sigmoid (the server's); the eval reports that one too."""
+    cmd = [sys.executable, "-m", "model.cli", "eval", str(siglip_models / "siglip"), "--open-set"]
+    cmd += ["--per-class", "2", "--out-of-set-images", "36", "--out", str(tmp_path)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "multi model_sigmoid" in r.stdout
+    m = json.loads((tmp_path / "openset.json").read_text())["multilabel"]
+    assert set(m) >= {"uncalibrated", "calibrated", "model_sigmoid"}
+    assert 0 <= m["model_sigmoid"]["mAP"] <= 1 and 0 <= m["model_sigmoid"]["best_f1"] <= 1
