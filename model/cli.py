@@ -33,6 +33,7 @@ _TRAIN_FLAGS = (
     "seed",
     "precision",
     "loss",
+    "label_aware",
     "device",
     "max_minutes",
     "num_workers",
@@ -52,6 +53,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     overrides: dict[str, Any] = {}
     if args.resume:  # continue with the run's own settings; flags below still override them
         overrides = dict(load_checkpoint(args.resume).get("train_config") or {})
+        if overrides:  # a run from before label-aware targets trained without them, and resumes so
+            overrides.setdefault("label_aware", False)
     if args.config:
         overrides.update(_train_config_file(args.config))
     for key in _TRAIN_FLAGS:  # each already range-checked by its argparse type
@@ -211,6 +214,13 @@ def _train_parser(sub: Subparsers) -> None:
         "--loss",
         choices=["softmax", "sigmoid"],
         help="softmax: CLIP's (default); sigmoid: SigLIP's pairwise loss",
+    )
+    t.add_argument(
+        "--label-aware",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="UniCL's label-aware targets, with either loss: captions of one class are positives of "
+        "each other's images (default: on for folder data, off for synthetic; needs class labels)",
     )
     t.add_argument(
         "--max-minutes", type=positive_float, help="stop (and checkpoint) after this much training time"

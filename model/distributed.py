@@ -65,6 +65,15 @@ def all_gather_detached(x: torch.Tensor, d: Dist) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def global_positives(class_ids: torch.Tensor, d: Dist) -> torch.Tensor:
+    """[n] class ids of this rank's rows -> [world * n, world * n] bool: which pairs of the global
+    batch share a class (UniCL's positives). Gathered rank-major like the features, so a caption of the
+    same class on another rank is a positive too, as it is in one process."""
+    from model.loss import same_class
+
+    return same_class(all_gather_detached(class_ids, d))
+
+
 def replace_local(
     global_feats: torch.Tensor, local: torch.Tensor, offset: int, world_size: int
 ) -> torch.Tensor:

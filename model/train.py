@@ -9,6 +9,7 @@ features of the whole batch are computed first without gradient, then each micro
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -152,12 +153,14 @@ def train_step(
     micro: list[tuple[torch.Tensor, torch.Tensor]],
     d: dd.Dist,
     autocast: Any,
+    positives: torch.Tensor | None = None,
 ) -> float:
     """Forward and backward of one global batch given as this rank's micro-batches; returns the loss.
 
     Every micro-batch's loss is the loss of the whole global batch: the other rows are the features
     computed without gradient (first pass, or gathered from other ranks). The temperature's gradient is
-    taken once, in the last micro-step, which is also the one where DDP synchronises the gradients."""
+    taken once, in the last micro-step, which is also the one where DDP synchronises the gradients.
+    `positives` ([N, N] bool over the global batch, dd.global_positives): label-aware targets."""
     k, m = len(micro), len(micro[0][0])
     base = d.rank * k * m  # this rank's rows in the global batch
     g_img = g_txt = None
@@ -181,26 +184,30 @@ def train_step(
             # the temperature and the bias are shared: their gradient is complete once, in the last micro-step
             scale = scale if last else scale.detach()
             if bias is None:
-                loss = contrastive_loss(all_img, all_txt, scale)
+                loss = contrastive_loss(all_img, all_txt, scale, positives)
             else:
-                loss = sigmoid_loss(all_img, all_txt, scale, bias if last else bias.detach())
+                loss = sigmoid_loss(all_img, all_txt, scale, bias if last else bias.detach(), positives)
             loss.backward()
     return float(loss.detach())
 
 
-def _batches(loader: DataLoader[Any], k: int, device: torch.device) -> Iterator[tuple[list[Any], int]]:
-    """Groups of k micro-batches (moved to the device) and the count of unreadable items skipped."""
+def _batches(
+    loader: DataLoader[Any], k: int, device: torch.device
+) -> Iterator[tuple[list[Any], torch.Tensor | None, int]]:
+    """Groups of k micro-batches (moved to the device), their class ids in the same order (None for a
+    source without labels) and the count of unreadable items skipped."""
     it = iter(loader)
     while True:
-        group, skipped = [], 0
+        group, classes, skipped = [], [], 0
         for _ in range(k):
             try:
-                pix, ids, sk = next(it)
+                pix, ids, sk, cls = next(it)
             except StopIteration:
                 return
             group.append((pix.to(device, non_blocking=True), ids.to(device, non_blocking=True)))
+            classes.append(cls)
             skipped += int(sk)
-        yield group, skipped
+        yield group, None if classes[0] is None else torch.cat(classes).to(device), skipped
 
 
 def _agree(values: list[float], d: dd.Dist) -> list[float]:
@@ -239,6 +246,9 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, stop_after: int | 
     ``stop_after`` ends the run (with a checkpoint) after that many steps without changing the
     schedule, as an interrupted run would; ``resume`` continues from a checkpoint.
     """
+    # auto decided once, on a copy: train_config.json and every checkpoint say which targets it used
+    cfg = copy.copy(cfg)
+    cfg.label_aware = cfg.uses_label_aware
     out, ckdir = Path(cfg.out_dir), Path(cfg.out_dir) / "checkpoints"
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -277,6 +287,7 @@ def _optimize(
     raw: CLIP,
     opt: torch.optim.Optimizer,
     micro: list[tuple[torch.Tensor, torch.Tensor]],
+    class_ids: torch.Tensor | None,
     d: dd.Dist,
     autocast: Any,
     lr: float,
@@ -285,7 +296,10 @@ def _optimize(
     for g in opt.param_groups:
         g["lr"] = lr
     opt.zero_grad(set_to_none=True)
-    loss = train_step(model, raw, micro, d, autocast)
+    if cfg.label_aware and class_ids is None:  # TrainConfig allows it only for sources with labels
+        raise TrainError(f"label_aware is on but the {cfg.data} source gave no class ids")
+    positives = dd.global_positives(class_ids, d) if cfg.label_aware and class_ids is not None else None
+    loss = train_step(model, raw, micro, d, autocast, positives)
     if cfg.grad_clip:
         nn.utils.clip_grad_norm_([p for p in raw.parameters() if p.requires_grad], cfg.grad_clip)
     opt.step()
@@ -316,11 +330,12 @@ def _loop(
     )
     t0, key = time.perf_counter(), best_key(cfg)
     seen = skipped_total = 0
-    for step, (micro, skipped) in enumerate(_batches(loader, cfg.accum_steps, device), start=start):
+    batches = _batches(loader, cfg.accum_steps, device)
+    for step, (micro, class_ids, skipped) in enumerate(batches, start=start):
         if step >= cfg.steps:  # a webdataset source never ends by itself
             break
         lr = lr_at(step, cfg)
-        loss = _optimize(cfg, model, raw, opt, micro, d, autocast, lr)
+        loss = _optimize(cfg, model, raw, opt, micro, class_ids, d, autocast, lr)
         done = step + 1
         timed_out = cfg.max_minutes is not None and time.perf_counter() - t0 > cfg.max_minutes * 60
         skipped_all, stop_votes = _agree([float(skipped), float(timed_out)], d)

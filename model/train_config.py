@@ -175,6 +175,12 @@ class TrainConfig:
     precision: Literal["fp32", "bf16"] = "bf16"  # bf16 autocast, on CPU and CUDA alike
     # softmax: the paper's contrastive loss; sigmoid: SigLIP's pairwise loss (the model gets a bias)
     loss: Literal["softmax", "sigmoid"] = "softmax"
+    # label-aware targets (UniCL, Yang et al., CVPR 2022), with either loss: every pair of the batch
+    # whose captions come from one class is a positive, not a negative. None: on for folder data,
+    # whose captions are its class names in templates; off for synthetic data, so the default model's
+    # objective does not change without a measurement (bench/losses.py). Only sources with class
+    # labels (model/data/sources.py LABELLED_KINDS) can have it; the run records what it used.
+    label_aware: bool | None = None
     device: str = "auto"  # auto: CUDA when there is one
     image_size: int | None = None  # None: the preset's
     num_workers: int = 1
@@ -209,12 +215,25 @@ class TrainConfig:
             )
         if self.synthetic_style == "classic" and self.varied_fraction != 1.0:
             raise TrainError("varied_fraction is for synthetic_style 'varied'")
+        if self.label_aware:
+            from model.data.sources import LABELLED_KINDS
+
+            if self.data not in LABELLED_KINDS:
+                raise TrainError(
+                    f"label_aware needs class labels, and {self.data} data has none (its captions are "
+                    f"free text): label-aware targets are for {' or '.join(LABELLED_KINDS)} data"
+                )
         # the loop splits each batch into accum_steps micro-batches (model/train.py _check_batch
         # also divides by the world size, known only there)
         if self.batch_size % self.accum_steps:
             raise TrainError(
                 f"batch_size {self.batch_size} must be a multiple of accum_steps {self.accum_steps}"
             )
+
+    @property
+    def uses_label_aware(self) -> bool:
+        """label_aware with None (auto) decided: on for folder data, off for any other."""
+        return self.data == "folder" if self.label_aware is None else self.label_aware
 
     def preflight(self) -> None:
         """The names only a lookup can check (preset, eval templates), before anything is built or

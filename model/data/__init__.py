@@ -17,11 +17,13 @@ from model.data.files import DataError, Pair
 
 if TYPE_CHECKING:
     from model.data.map_sources import CsvPairs, ImageFolderPairs, MapPairs, SyntheticPairs
-    from model.data.sources import KINDS, PairSource, collate_pairs, open_source
+    from model.data.sources import KINDS, LABELLED_KINDS, Batch, PairSource, collate_pairs, open_source
     from model.data.webdataset_pairs import WebDatasetPairs
 
 __all__ = [
     "KINDS",
+    "LABELLED_KINDS",
+    "Batch",
     "CsvPairs",
     "DataError",
     "ImageFolderPairs",
@@ -36,6 +38,8 @@ __all__ = [
 
 _LAZY = {
     "KINDS": "model.data.sources",
+    "LABELLED_KINDS": "model.data.sources",
+    "Batch": "model.data.sources",
     "PairSource": "model.data.sources",
     "collate_pairs": "model.data.sources",
     "open_source": "model.data.sources",

@@ -37,8 +37,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# (pixels float32 [3, S, S], caption, items passed over to produce this one)
-Pair = tuple[np.ndarray, str, int]
+# (pixels float32 [3, S, S], caption, items passed over to produce this one, class id): the class id
+# is the index of the class the caption was made from (folder, synthetic), None where captions are
+# free text (csv, webdataset); the trainer's label-aware targets (UniCL) are built from it
+Pair = tuple[np.ndarray, str, int, int | None]
 
 # A run of this many unreadable items in a row means a broken dataset, not a few bad files.
 MAX_CONSECUTIVE_FAILURES = 64

@@ -3,7 +3,8 @@
 Item i is a pure function of (seed, i): no call-order state, so DataLoader workers and resumed runs
 see the same items. The trainer shuffles and shards with its own seeded sampler; these never shuffle.
 An unreadable item i is replaced by the first readable one after it (i+1, i+2, ... wrapping), and
-the triple says how many were passed over.
+the item says how many were passed over. Items are (pixels, caption, skipped, class id): the class id
+is that of the item actually returned, None for CSV rows (free-text captions).
 """
 
 from __future__ import annotations
@@ -28,13 +29,16 @@ from model.data.files import (
     scan_image_folder,
     warn_unreadable,
 )
-from model.data.synthetic import SyntheticShapes
+from model.data.synthetic import SyntheticShapes, all_classes
 
 __all__ = ["CsvPairs", "ImageFolderPairs", "MapPairs", "SyntheticPairs"]
 
+_CLASS_IDS = {pair: i for i, pair in enumerate(all_classes())}  # (colour, shape) -> synthetic class id
+
 
 class MapPairs(Dataset[Pair]):
-    """Base class: subclasses give `__len__`, `_load(j) -> (pixels, caption)` and `_describe(j)`."""
+    """Base class: subclasses give `__len__`, `_load(j) -> (pixels, caption, class id or None)` and
+    `_describe(j)`."""
 
     def __init__(self, image_size: int) -> None:
         # The server's own preprocessing, so training sees exactly what serving will: no skew.
@@ -43,7 +47,7 @@ class MapPairs(Dataset[Pair]):
     def __len__(self) -> int:
         raise NotImplementedError
 
-    def _load(self, index: int) -> tuple[np.ndarray, str]:
+    def _load(self, index: int) -> tuple[np.ndarray, str, int | None]:
         raise NotImplementedError
 
     def _describe(self, index: int) -> str:
@@ -60,11 +64,11 @@ class MapPairs(Dataset[Pair]):
         for k in range(tries):
             j = (i + k) % n
             try:
-                pixels, caption = self._load(j)
+                pixels, caption, class_id = self._load(j)
             except ITEM_ERRORS as e:
                 warn_unreadable(self._describe(j), e)
                 continue
-            return pixels, caption, k
+            return pixels, caption, k, class_id
         raise DataError(
             f"{tries} consecutive items from index {i} are unreadable "
             f"({self._describe(i)} ... {self._describe((i + tries - 1) % n)}): is the dataset intact?"
@@ -75,7 +79,10 @@ class SyntheticPairs(MapPairs):
     """`model.data.synthetic.SyntheticShapes` as pairs; never unreadable (skipped is always 0).
 
     style, scene_fraction and varied_fraction are SyntheticShapes' own (the defaults: the images
-    they always were)."""
+    they always were). The class id of a one-object image is its (colour, shape) among the 36 of
+    all_classes(); a two-object scene is a class of its own, len(all_classes()) + index: its caption
+    says more than a label (both objects, their relation), so, as UniCL does for image-text pairs,
+    it is the positive of its own image only."""
 
     def __init__(
         self,
@@ -98,9 +105,10 @@ class SyntheticPairs(MapPairs):
     def __len__(self) -> int:
         return len(self.shapes)
 
-    def _load(self, index: int) -> tuple[np.ndarray, str]:
+    def _load(self, index: int) -> tuple[np.ndarray, str, int | None]:
         s = self.shapes[index]
-        return preprocess_image(s.image, self.preprocess), s.caption
+        class_id = _CLASS_IDS[s.colour, s.shape] if len(s.objects) == 1 else len(_CLASS_IDS) + index
+        return preprocess_image(s.image, self.preprocess), s.caption, class_id
 
 
 class CsvPairs(MapPairs):
@@ -126,13 +134,13 @@ class CsvPairs(MapPairs):
         image = self.rows[index][0] or "(no file path)"
         return f"image {image} (row {index + 2} of {self.path})"
 
-    def _load(self, index: int) -> tuple[np.ndarray, str]:
+    def _load(self, index: int) -> tuple[np.ndarray, str, int | None]:
         image, caption = self.rows[index]
         if not image:
             raise UnreadableItem("the row has no file path")
         if not caption.strip():
             raise UnreadableItem("the row has an empty caption")
-        return load_image_file(image, self.preprocess), caption
+        return load_image_file(image, self.preprocess), caption, None
 
 
 class ImageFolderPairs(MapPairs):
@@ -140,7 +148,7 @@ class ImageFolderPairs(MapPairs):
 
     The template of item i is drawn from (seed, i) out of the template set, so every template is
     used and the caption is still a pure function of the index. `classes` and `targets` (the class
-    index of each item) serve evaluation."""
+    index of each item) serve evaluation; the class index is also each item's class id."""
 
     def __init__(
         self, root: str | Path, image_size: int, seed: int, templates: str | Sequence[str] = DEFAULT_SET
@@ -170,5 +178,6 @@ class ImageFolderPairs(MapPairs):
         pick = int(np.random.default_rng([self.seed, index]).integers(len(self.templates)))
         return fill([self.templates[pick]], self.classes[self.samples[index][1]])[0]
 
-    def _load(self, index: int) -> tuple[np.ndarray, str]:
-        return load_image_file(self.samples[index][0], self.preprocess), self.caption(index)
+    def _load(self, index: int) -> tuple[np.ndarray, str, int | None]:
+        path, label = self.samples[index]
+        return load_image_file(path, self.preprocess), self.caption(index), label

@@ -13,7 +13,7 @@ from model.data.files import DataError, Pair
 from model.data.map_sources import CsvPairs, ImageFolderPairs, MapPairs, SyntheticPairs
 from model.data.webdataset_pairs import DEFAULT_IMAGE_KEYS, WebDatasetPairs
 
-__all__ = ["KINDS", "PairSource", "collate_pairs", "open_source"]
+__all__ = ["KINDS", "LABELLED_KINDS", "Batch", "PairSource", "collate_pairs", "open_source"]
 
 # Map-style sources are Datasets (the trainer samples them); webdataset is an IterableDataset.
 PairSource: TypeAlias = MapPairs | WebDatasetPairs
@@ -31,6 +31,9 @@ _OPTIONS: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
     },
 }
 KINDS: tuple[str, ...] = tuple(sorted(_OPTIONS))
+# The sources whose captions are made from class labels, so their items carry class ids (what
+# label-aware targets need); csv and webdataset captions are free text and carry none.
+LABELLED_KINDS: tuple[str, ...] = ("folder", "synthetic")
 _WHAT = {
     "csv": "CSV/TSV file of image paths and captions",
     "folder": "folder of class sub-folders of images",
@@ -64,7 +67,7 @@ def open_source(
     seed: int,
     options: Mapping[str, Any] | None = None,
 ) -> PairSource:
-    """A training source of (pixels float32 [3, S, S], caption, skipped) triples.
+    """A training source of (pixels float32 [3, S, S], caption, skipped, class id or None) items.
 
     kind: synthetic (no path), csv (a .csv/.tsv file), folder (class sub-folders) or webdataset
     (a brace pattern, folder or single .tar). Raises DataError when it cannot be used."""
@@ -88,13 +91,26 @@ def open_source(
     return WebDatasetPairs(path, image_size, seed, **opts)
 
 
+# (pixels [B, 3, S, S], input ids [B, L], unreadable items passed over, class ids [B] int64 or None)
+Batch: TypeAlias = tuple[torch.Tensor, torch.Tensor, int, torch.Tensor | None]
+
+
+def _class_ids(batch: Sequence[Pair]) -> torch.Tensor | None:
+    ids = [b[3] for b in batch]
+    if all(i is None for i in ids):
+        return None
+    if any(i is None for i in ids):  # one source gives both kinds of item only by a bug
+        raise DataError("a batch mixes items with and without class ids")
+    return torch.tensor(ids, dtype=torch.int64)
+
+
 class _Collate:
-    """Stack pixels, tokenize captions, and add up the unreadable items passed over."""
+    """Stack pixels, tokenize captions, add up the unreadable items passed over, stack class ids."""
 
     def __init__(self, tokenizer: ClipTokenizer) -> None:
         self.tokenizer = tokenizer
 
-    def __call__(self, batch: Sequence[Pair]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def __call__(self, batch: Sequence[Pair]) -> Batch:
         pixels = torch.from_numpy(np.stack([b[0] for b in batch]))  # [B, 3, S, S]
         ids = self.tokenizer.encode_batch([b[1] for b in batch])  # [B, L], padded to the longest caption
         # Round L up to a multiple of 8: a handful of shapes instead of one per length keeps oneDNN from
@@ -102,11 +118,10 @@ class _Collate:
         pad = (-ids.shape[1]) % 8
         if pad:
             ids = np.pad(ids, ((0, 0), (0, min(pad, self.tokenizer.context_length - ids.shape[1]))))
-        return pixels, torch.from_numpy(ids), sum(int(b[2]) for b in batch)
+        return pixels, torch.from_numpy(ids), sum(int(b[2]) for b in batch), _class_ids(batch)
 
 
-def collate_pairs(
-    tokenizer: ClipTokenizer,
-) -> Callable[[Sequence[Pair]], tuple[torch.Tensor, torch.Tensor, int]]:
-    """The DataLoader collate_fn: (pixels [B, 3, S, S], ids [B, L] with L % 8 == 0 or 77, skipped)."""
+def collate_pairs(tokenizer: ClipTokenizer) -> Callable[[Sequence[Pair]], Batch]:
+    """The DataLoader collate_fn: (pixels [B, 3, S, S], ids [B, L] with L % 8 == 0 or 77, skipped,
+    class ids [B] or None for a source without labels)."""
     return _Collate(tokenizer)

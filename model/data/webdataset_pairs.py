@@ -177,7 +177,7 @@ def _seed_int(*parts: int) -> int:
 
 
 class WebDatasetPairs(IterableDataset[Pair]):
-    """Endless (pixels, caption, skipped) triples from tar shards; see the module docstring."""
+    """Endless (pixels, caption, skipped, None) items from tar shards; see the module docstring."""
 
     def __init__(
         self,
@@ -309,7 +309,7 @@ class WebDatasetPairs(IterableDataset[Pair]):
             except ITEM_ERRORS as e:
                 warn_unreadable(f"sample {candidate.key} in {candidate.shard}", e)
                 continue
-            return pixels, caption, k
+            return pixels, caption, k, None  # free-text captions: no class id
         raise DataError(
             f"{MAX_CONSECUTIVE_FAILURES} consecutive samples from {entry.key} in {entry.shard} are "
             "unreadable: are the shards intact?"

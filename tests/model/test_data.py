@@ -45,15 +45,15 @@ def pixels_of(data: bytes) -> np.ndarray:
     return preprocess_bytes(data, PreprocessConfig(image_size=SIZE))
 
 
-def items(source: Any, n: int | None = None) -> list[tuple[np.ndarray, str, int]]:
+def items(source: Any, n: int | None = None) -> list[tuple[np.ndarray, str, int, int | None]]:
     if isinstance(source, IterableDataset):
         it = iter(source)
         return [next(it) for _ in range(n or 0)]
     return [source[i] for i in range(n if n is not None else len(source))]
 
 
-def captions(triples: list[tuple[np.ndarray, str, int]]) -> list[str]:
-    return [c for _, c, _ in triples]
+def captions(triples: list[tuple[np.ndarray, str, int, int | None]]) -> list[str]:
+    return [c for _, c, _, _ in triples]
 
 
 # -- synthetic --------------------------------------------------------------------------------------
@@ -65,8 +65,8 @@ def test_synthetic_wraps_the_shapes_generator() -> None:
     assert len(src) == 1 << 30
     shapes = SyntheticShapes(image_size=SIZE, seed=3, split="train", length=1 << 30)
     for i in (0, 7, 123_456):
-        pixels, caption, skipped = src[i]
-        assert caption == shapes[i].caption and skipped == 0
+        pixels, caption, skipped, class_id = src[i]
+        assert caption == shapes[i].caption and skipped == 0 and class_id is not None
         np.testing.assert_array_equal(pixels, preprocess_image(shapes[i].image, PreprocessConfig(SIZE)))
         assert pixels.dtype == np.float32 and pixels.shape == (3, SIZE, SIZE)
     other = open_source("synthetic", None, SIZE, seed=4)
@@ -108,7 +108,7 @@ def test_csv_skips_and_counts_broken_rows(tmp_path: Path, caplog: pytest.LogCapt
         got = items(src)
     assert captions(got) == ["zero, with a comma", "one", "one", "two", "two", "two", "zero, with a comma"]
     # item i -> first readable at i, i+1, ... (wrapping), skipped = how many were passed over
-    assert [s for _, _, s in got] == [0, 1, 0, 2, 1, 0, 1]
+    assert [s for _, _, s, _ in got] == [0, 1, 0, 2, 1, 0, 1]
     np.testing.assert_array_equal(got[1][0], pixels_of(good["g1"]))  # relative to the CSV's folder
     np.testing.assert_array_equal(got[5][0], pixels_of(good["g2"]))  # absolute path
     warned = "\n".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
@@ -178,10 +178,10 @@ def test_folder_classes_templates_and_broken_files(tmp_path: Path) -> None:
     assert src.classes == ["blue square", "red circle"]  # type: ignore[union-attr]
     assert len(src) == 6 and src.targets == [0, 0, 0, 1, 1, 1]  # type: ignore[union-attr, arg-type]
     got = items(src)
-    assert [s for _, _, s in got] == [0, 0, 1, 0, 0, 0]  # zz_broken.jpg -> the next image, counted
+    assert [s for _, _, s, _ in got] == [0, 0, 1, 0, 0, 0]  # zz_broken.jpg -> the next image, counted
     templates = get_templates("imagenet7")
-    for (_, caption, _), cls in zip(got, ["blue square"] * 2 + ["red circle"] * 4, strict=True):
-        assert caption in fill(templates, cls)
+    for (_, caption, _, class_id), cls in zip(got, ["blue square"] * 2 + ["red circle"] * 4, strict=True):
+        assert caption in fill(templates, cls) and src.classes[class_id] == cls  # type: ignore[union-attr]
     assert len(set(captions(got))) > 2  # the template varies with the index
     np.testing.assert_array_equal(got[2][0], pixels_of(jpeg(1)))  # red_circle/1.jpg stands in
     assert captions(
@@ -220,22 +220,22 @@ def test_worker_count_does_not_change_items(tmp_path: Path) -> None:
     src = open_source("csv", str(path), SIZE, seed=0)
     tok = ClipTokenizer.clip_bpe()
     runs = [list(DataLoader(src, batch_size=3, num_workers=w, collate_fn=collate_pairs(tok))) for w in (0, 2)]
-    for (p0, i0, s0), (p1, i1, s1) in zip(*runs, strict=True):
+    for (p0, i0, s0, _), (p1, i1, s1, _) in zip(*runs, strict=True):
         assert s0 == s1 and np.array_equal(p0.numpy(), p1.numpy()) and np.array_equal(i0.numpy(), i1.numpy())
-    assert [s for _, _, s in runs[0]] == [1, 3, 1]  # per-batch sums of [0, 1, 0 | 2, 1, 0 | 1]
+    assert [s for _, _, s, _ in runs[0]] == [1, 3, 1]  # per-batch sums of [0, 1, 0 | 2, 1, 0 | 1]
 
 
 def test_collate_pads_ids_to_a_multiple_of_8() -> None:
     tok = ClipTokenizer.clip_bpe()
     pix = np.zeros((3, SIZE, SIZE), np.float32)
-    batch = [(pix, "a red circle", 0), (pix, "a small blue square on the left of a gray background", 2)]
-    pixels, ids, skipped = collate_pairs(tok)(batch)
+    batch = [(pix, "a red circle", 0, None), (pix, "a small blue square on the left by a gray wall", 2, None)]
+    pixels, ids, skipped, class_ids = collate_pairs(tok)(batch)
     plain = tok.encode_batch([b[1] for b in batch])
-    assert pixels.shape == (2, 3, SIZE, SIZE) and skipped == 2
+    assert pixels.shape == (2, 3, SIZE, SIZE) and skipped == 2 and class_ids is None
     assert ids.shape[1] % 8 == 0 and ids.shape[1] >= plain.shape[1] > ids.shape[1] - 8
     np.testing.assert_array_equal(ids.numpy()[:, : plain.shape[1]], plain)
     assert not ids.numpy()[:, plain.shape[1] :].any()
-    long = [(pix, "word " * 200, 0)]  # truncated to 77: never padded past the context length
+    long = [(pix, "word " * 200, 0, None)]  # truncated to 77: never padded past the context length
     assert collate_pairs(tok)(long)[1].shape == (1, 77)
 
 
@@ -310,7 +310,7 @@ def test_webdataset_skips_and_counts_broken_samples(tmp_path: Path, caplog: pyte
     with caplog.at_level(logging.WARNING, logger="model.data"):
         got = items(src, 12)
     assert captions(got) == ["g0", "g1", "g1", "g2", "g2", "g3", "g3", "g4 png", "g4 png", "g0", "g0", "g1"]
-    assert [s for _, _, s in got] == [0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1]  # the last wraps into epoch 1
+    assert [s for _, _, s, _ in got] == [0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1]  # the last wraps into epoch 1
     np.testing.assert_array_equal(got[7][0], pixels_of(jpeg(8, "PNG")))
     warned = "\n".join(r.getMessage() for r in caplog.records)
     for key, reason in [("1", "truncated"), ("3", "not a recognised image"), ("5", "is empty"),
@@ -328,7 +328,7 @@ def test_webdataset_damaged_and_empty_shards(tmp_path: Path) -> None:
     assert n == 7  # shard 1: two samples before the cut and the one cut short; shard 2: none
     got = items(src, n)
     assert set(captions(got)) == {f"s0 i{i}" for i in range(4)} | {"s1 i0", "s1 i1"}
-    assert sum(s for _, _, s in got) == 1  # the sample cut short (its .txt is gone) is passed over
+    assert sum(s for _, _, s, _ in got) == 1  # the sample cut short (its .txt is gone) is passed over
     (tmp_path / "e").mkdir()
     (tmp_path / "e" / "00000.tar").write_bytes(b"")
     with pytest.raises(DataError, match="none of its 1 shard"):
@@ -388,13 +388,13 @@ def test_webdataset_deterministic_reshuffled_and_worker_independent(tmp_path: Pa
     tok = ClipTokenizer.clip_bpe()
     it = iter(DataLoader(blocks, batch_size=4, num_workers=2, collate_fn=collate_pairs(tok)))
     got = [next(it) for _ in range(6)]  # batch k = positions [4k, 4k + 4), whatever the workers
-    for k, (_, ids, _) in enumerate(got):
+    for k, (_, ids, _, _) in enumerate(got):
         np.testing.assert_array_equal(ids.numpy(), collate_pairs(tok)(items_for(a, 4 * k, 4))[1].numpy())
 
 
-def items_for(names: list[str], start: int, n: int) -> list[tuple[np.ndarray, str, int]]:
+def items_for(names: list[str], start: int, n: int) -> list[tuple[np.ndarray, str, int, int | None]]:
     pix = np.zeros((3, SIZE, SIZE), np.float32)
-    return [(pix, c, 0) for c in names[start : start + n]]
+    return [(pix, c, 0, None) for c in names[start : start + n]]
 
 
 def test_webdataset_resume_skips_exactly(tmp_path: Path) -> None:

@@ -34,6 +34,9 @@ from tests.servers import free_port
 
 GLOBAL = 8
 LR = 1e-3
+# class ids for label-aware targets: classes 0, 1 and 2 have rows on both ranks (rank 0 holds rows
+# 0-3), so some positives are pairs across ranks
+CLASSES = torch.tensor([0, 1, 0, 2, 1, 0, 3, 2])
 
 
 def _batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,9 +50,12 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
     return pixels, ids
 
 
-def _step(rank: int, world: int, accum: int, sigmoid: bool = False) -> dict[str, Any]:
+def _step(
+    rank: int, world: int, accum: int, sigmoid: bool = False, label_aware: bool = False
+) -> dict[str, Any]:
     """One optimizer step on this rank's share of the global batch; returns loss, grads, new params.
-    sigmoid: SigLIP's loss, on a model with a logit bias."""
+    sigmoid: SigLIP's loss, on a model with a logit bias; label_aware: UniCL's positives from this
+    rank's class ids, gathered as the trainer gathers them."""
     torch.manual_seed(0)
     model = build_model(replace(get_preset("tiny-vit"), logit_bias=sigmoid)).train()
     opt = make_optimizer(model, TrainConfig(lr=LR, weight_decay=0.1))
@@ -63,7 +69,8 @@ def _step(rank: int, world: int, accum: int, sigmoid: bool = False) -> dict[str,
     pixels, ids = pixels[mine], ids[mine]
     m = per // accum
     micro = [(pixels[j * m : (j + 1) * m], ids[j * m : (j + 1) * m]) for j in range(accum)]
-    loss = train_step(wrapped, model, micro, d, torch.autocast("cpu", enabled=False))
+    positives = dd.global_positives(CLASSES[mine], d) if label_aware else None
+    loss = train_step(wrapped, model, micro, d, torch.autocast("cpu", enabled=False), positives)
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt.step()
@@ -74,11 +81,13 @@ def _step(rank: int, world: int, accum: int, sigmoid: bool = False) -> dict[str,
     }
 
 
-def _rank_main(rank: int, world: int, port: int, accum: int, out: str, sigmoid: bool = False) -> None:
+def _rank_main(
+    rank: int, world: int, port: int, accum: int, out: str, sigmoid: bool = False, label_aware: bool = False
+) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        result = _step(rank, world, accum, sigmoid)
+        result = _step(rank, world, accum, sigmoid, label_aware)
         if rank == 0:
             torch.save(result, out)
     finally:
@@ -129,6 +138,20 @@ def test_two_gloo_ranks_match_one_process_with_the_sigmoid_loss(
     out = tmp_path / "rank0.pt"
     mp.spawn(_rank_main, args=(2, free_port(), accum, str(out), True), nprocs=2, join=True)
     _compare(single_sigmoid, torch.load(out, weights_only=True))
+
+
+@pytest.mark.parametrize("sigmoid", [False, True], ids=["softmax", "sigmoid"])
+def test_two_gloo_ranks_match_one_process_with_label_aware_targets(
+    sigmoid: bool, single: dict[str, Any], single_sigmoid: dict[str, Any], tmp_path: Path
+) -> None:
+    """UniCL's positives under DDP: each rank's class ids gathered like its features, so a caption of
+    the same class on the other rank is a positive, as in one process; with accumulation 2, the
+    micro-batches' ids in the order of their rows."""
+    one = _step(0, 1, 1, sigmoid, label_aware=True)
+    assert abs(one["loss"] - (single_sigmoid if sigmoid else single)["loss"]) > 1e-3  # the ids count
+    out = tmp_path / "rank0.pt"
+    mp.spawn(_rank_main, args=(2, free_port(), 2, str(out), sigmoid, True), nprocs=2, join=True)
+    _compare(one, torch.load(out, weights_only=True))
 
 
 def test_gradient_accumulation_matches_the_whole_batch(single: dict[str, Any]) -> None:

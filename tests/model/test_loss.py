@@ -123,3 +123,55 @@ def test_sigmoid_gradients_reach_the_temperature_and_the_bias() -> None:
     b = torch.tensor(-10.0, dtype=torch.float64, requires_grad=True)
     sigmoid_loss(x, y, t.exp(), b).backward()
     assert t.grad is not None and b.grad is not None and t.grad.abs() > 0 and b.grad.abs() > 0
+
+
+# The two label-aware objectives against their papers' formulas, one pair (i, j) at a time, in plain
+# Python floats: UniCL's (Yang et al., CVPR 2022, eq. 2-3), L = L_i2t + L_t2i with
+#   L_i2t = -1/|B| sum_i 1/|P(i)| sum_{k in P(i)} log(exp(s x_i . y_k) / sum_j exp(s x_i . y_j)),
+# P(i) the captions of image i's class, and L_t2i the same with images and captions swapped (averaged
+# over both directions here, as the paper's CLIP loss is, so the identity gives that loss); and
+# SigLIP's with z_ij = +1 for every pair of one class. The losses compute in float32: 1e-6 apart.
+CLASS_PATTERNS = {
+    "distinct": [0, 1, 2, 3, 4, 5],  # no repeats: both are their papers' own losses
+    "repeated": [2, 0, 2, 1, 0, 2],
+    "one class": [7, 7, 7, 7, 7, 7],  # every pair a positive
+}
+
+
+def _unicl_by_hand(x: torch.Tensor, y: torch.Tensor, s: float, classes: list[int]) -> float:
+    n = len(classes)
+    sim = [[s * float(x[i] @ y[j]) for j in range(n)] for i in range(n)]
+    image_to_text = text_to_image = 0.0
+    for i in range(n):
+        positives = [k for k in range(n) if classes[k] == classes[i]]
+        rows = sum(math.exp(sim[i][j]) for j in range(n))  # image i against every caption
+        cols = sum(math.exp(sim[j][i]) for j in range(n))  # caption i against every image
+        image_to_text -= sum(math.log(math.exp(sim[i][k]) / rows) for k in positives) / len(positives)
+        text_to_image -= sum(math.log(math.exp(sim[k][i]) / cols) for k in positives) / len(positives)
+    return (image_to_text + text_to_image) / n / 2
+
+
+@pytest.mark.parametrize("pattern", sorted(CLASS_PATTERNS))
+def test_label_aware_softmax_matches_unicl_by_hand(pattern: str) -> None:
+    from model.loss import same_class
+
+    classes = CLASS_PATTERNS[pattern]
+    x, y = _features(6, 4)
+    pos = same_class(torch.tensor(classes))
+    got = float(contrastive_loss(x, y, torch.tensor(12.0), pos))
+    assert math.isclose(got, _unicl_by_hand(x, y, 12.0, classes), rel_tol=1e-6)
+    plain = float(contrastive_loss(x, y, torch.tensor(12.0)))
+    assert math.isclose(got, plain, rel_tol=1e-6) == (pattern == "distinct")
+
+
+@pytest.mark.parametrize("pattern", sorted(CLASS_PATTERNS))
+def test_label_aware_sigmoid_matches_siglip_by_hand(pattern: str) -> None:
+    from model.loss import same_class, sigmoid_loss
+
+    classes = torch.tensor(CLASS_PATTERNS[pattern])
+    x, y = _features(6, 5)
+    pos = same_class(classes)
+    got = float(sigmoid_loss(x, y, torch.tensor(9.0), torch.tensor(-4.0), pos))
+    assert math.isclose(got, _sigmoid_by_hand(x, y, 9.0, -4.0, pos), rel_tol=1e-6)
+    plain = float(sigmoid_loss(x, y, torch.tensor(9.0), torch.tensor(-4.0)))
+    assert math.isclose(got, plain, rel_tol=1e-6) == (pattern == "distinct")

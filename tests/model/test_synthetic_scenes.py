@@ -257,7 +257,7 @@ def test_options_reach_the_training_source() -> None:
     assert isinstance(source, SyntheticPairs)
     shapes = source.shapes
     assert (shapes.style, shapes.varied_fraction, shapes.scene_fraction) == ("varied", 0.5, 0.25)
-    pixels, _, skipped = next(iter(loader))
-    assert tuple(pixels.shape) == (8, 3, 32, 32) and skipped == 0
+    pixels, _, skipped, class_ids = next(iter(loader))
+    assert tuple(pixels.shape) == (8, 3, 32, 32) and skipped == 0 and class_ids.shape == (8,)
     with pytest.raises(DataError, match="style"):
         SyntheticPairs(32, 0, style="fancy")
