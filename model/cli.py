@@ -220,7 +220,8 @@ def _train_parser(sub: Subparsers) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="UniCL's label-aware targets, with either loss: captions of one class are positives of "
-        "each other's images (default: on for folder data, off for synthetic; needs class labels)",
+        "each other's images (default: on for folder data with the softmax loss, off for sigmoid and "
+        "synthetic data; needs class labels)",
     )
     t.add_argument(
         "--max-minutes", type=positive_float, help="stop (and checkpoint) after this much training time"

@@ -176,9 +176,10 @@ class TrainConfig:
     # softmax: the paper's contrastive loss; sigmoid: SigLIP's pairwise loss (the model gets a bias)
     loss: Literal["softmax", "sigmoid"] = "softmax"
     # label-aware targets (UniCL, Yang et al., CVPR 2022), with either loss: every pair of the batch
-    # whose captions come from one class is a positive, not a negative. None: on for folder data,
-    # whose captions are its class names in templates; off for synthetic data, so the default model's
-    # objective does not change without a measurement (bench/losses.py). Only sources with class
+    # whose captions come from one class is a positive, not a negative. None: on for folder data with
+    # the softmax loss, whose captions are its class names in templates; off with the sigmoid loss
+    # (bench/README.md "Objectives": it lost 1-11 points on digits there) and for synthetic data, so
+    # the default model's objective does not change without a measurement. Only sources with class
     # labels (model/data/sources.py LABELLED_KINDS) can have it; the run records what it used.
     label_aware: bool | None = None
     device: str = "auto"  # auto: CUDA when there is one
@@ -232,8 +233,10 @@ class TrainConfig:
 
     @property
     def uses_label_aware(self) -> bool:
-        """label_aware with None (auto) decided: on for folder data, off for any other."""
-        return self.data == "folder" if self.label_aware is None else self.label_aware
+        """label_aware with None (auto) decided: on for folder data under the softmax loss, else off."""
+        if self.label_aware is None:
+            return self.data == "folder" and self.loss == "softmax"
+        return self.label_aware
 
     def preflight(self) -> None:
         """The names only a lookup can check (preset, eval templates), before anything is built or

@@ -53,7 +53,7 @@ def test_the_plan_runs_every_objective_at_every_batch_for_the_same_steps() -> No
     assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    args = bench.parse(["--steps", "30", "--seeds", "2", "--no-digits"])
+    args = bench.parse(["--steps", "30", "--seeds", "2", "--data", "synthetic"])
     runs = bench.plan(args, None)
     assert len(runs) == 2 * 4 * 2 and {r["data"] for r in runs} == {"synthetic"}
     assert {(r["batch"], r["steps"]) for r in runs} == {(64, 30), (256, 30)}
