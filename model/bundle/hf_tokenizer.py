@@ -41,7 +41,7 @@ from __future__ import annotations
 import json
 import re
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,36 @@ SPIECE_UNDERLINE = "\u2581"
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 _WHITESPACE = re.compile(r"\s+")  # the stdlib's \s, as canonicalize_text uses it
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+Row = tuple[int, list[int]]  # (the text's length in tokens, its ids as the tokenizer keeps them)
 _CACHE_LIMIT = 100_000
+
+
+# The per-text cache both tokenizers keep (CLIP's BPE in tokenizer.py imports it from here, since this
+# module must import nothing of the project): prompts repeat across requests and label sets.
+def cached_rows(
+    cache: dict[str, Row], texts: Sequence[str], encode: Callable[[list[str]], list[Row]]
+) -> list[Row]:
+    """One row per text, in order: from `cache`, else from `encode` (called once, on the distinct texts
+    not cached), which are then cached. The cache is cleared when it would pass _CACHE_LIMIT."""
+    if isinstance(texts, str):  # a str is a Sequence[str] too: one char per row is never meant
+        raise TypeError("expected a sequence of texts, got a single str")
+    # A local dict, so that another thread clearing the cache between our reads cannot bite.
+    found: dict[str, Row] = {}
+    missing: list[str] = []
+    for text in dict.fromkeys(texts):
+        hit = cache.get(text)
+        if hit is None:
+            missing.append(text)
+        else:
+            found[text] = hit
+    if missing:
+        if len(cache) + len(missing) > _CACHE_LIMIT:
+            cache.clear()  # crude but bounded; label sets are far smaller than the limit
+        for text, row in zip(missing, encode(missing), strict=True):
+            found[text] = cache[text] = row
+    return [found[t] for t in texts]
 
 
 def canonicalize(text: str, lowercase: bool = True) -> str:
@@ -230,23 +259,9 @@ class FixedLengthTokenizer:
         return length, ids if ids and ids[-1] == self.eos_id else [*ids, self.eos_id]
 
     def _lookup(self, texts: Sequence[str]) -> list[tuple[int, list[int]]]:
-        if isinstance(texts, str):  # a str is a Sequence[str] too: one char per row is never meant
-            raise TypeError("expected a sequence of texts, got a single str")
-        # A local dict, so that another thread clearing the cache between our reads cannot bite.
-        found: dict[str, tuple[int, list[int]]] = {}
-        missing: list[str] = []
-        for text in dict.fromkeys(texts):
-            hit = self._cache.get(text)
-            if hit is None:
-                missing.append(text)
-            else:
-                found[text] = hit
-        if missing:
-            if len(self._cache) + len(missing) > _CACHE_LIMIT:
-                self._cache.clear()  # crude but bounded; label sets are far smaller than the limit
-            for text, ids in zip(missing, self._encode_raw(missing), strict=True):
-                found[text] = self._cache[text] = self._frame(ids)
-        return [found[t] for t in texts]
+        return cached_rows(
+            self._cache, texts, lambda missing: [self._frame(ids) for ids in self._encode_raw(missing)]
+        )
 
     def token_lengths(self, texts: Sequence[str]) -> list[int]:
         """Encoded length including eos, before truncation (longer than context_length = cut)."""

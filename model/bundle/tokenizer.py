@@ -25,6 +25,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_token
 
 from model.bundle import hf_tokenizer
 from model.bundle.format import BundleError
+from model.bundle.hf_tokenizer import Row, cached_rows
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,6 @@ _WHITESPACE = re.compile("[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u202
 
 # Merges that OpenAI keeps: the first line of the file is a header; 49152 - 256 - 2 merges follow.
 _N_MERGES = 49152 - 256 - 2
-_CACHE_LIMIT = 100_000
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -195,24 +195,13 @@ class ClipTokenizer:
 
     def _lookup(self, texts: Sequence[str]) -> list[tuple[int, list[int]]]:
         """(token count without sot/eot, ids cut to fit the context) per text, through the cache."""
-        if isinstance(texts, str):  # a str is a Sequence[str] too: one char per row is never meant
-            raise TypeError("expected a sequence of texts, got a single str")
-        # A local dict, so that another thread clearing the cache between our reads cannot bite.
-        found: dict[str, tuple[int, list[int]]] = {}
-        missing: list[str] = []
-        for text in dict.fromkeys(texts):
-            hit = self._cache.get(text)
-            if hit is None:
-                missing.append(text)
-            else:
-                found[text] = hit
-        if missing:
-            if len(self._cache) + len(missing) > _CACHE_LIMIT:
-                self._cache.clear()  # crude but bounded; label sets are far smaller than the limit
-            for text, ids in zip(missing, self._encode_clean([self.clean(t) for t in missing]), strict=True):
-                # Keep only what can be framed: a huge text must not pin a huge list in the cache.
-                found[text] = self._cache[text] = (len(ids), ids[: self.context_length - 2])
-        return [found[t] for t in texts]
+
+        def encode(missing: list[str]) -> list[Row]:
+            # Keep only what can be framed: a huge text must not pin a huge list in the cache.
+            rows = self._encode_clean([self.clean(t) for t in missing])
+            return [(len(ids), ids[: self.context_length - 2]) for ids in rows]
+
+        return cached_rows(self._cache, texts, encode)
 
     def token_lengths(self, texts: Sequence[str]) -> list[int]:
         """Encoded length including sot and eot, before truncation (longer than context_length = cut)."""
