@@ -101,8 +101,9 @@ def calibrate_folder(
     neg = select_negatives(lex, matrix)
     ref = {"name": bundle.name, "version": bundle.version}
     fit = fit_set(
-        feats, truth, ls.labels, matrix, bundle.logit_scale, lex, neg, target, bundle.sha, ref, ls.digest
-    )
+        feats, truth, ls.labels, matrix, bundle.logit_scale, lex, neg, target, bundle.sha, ref, ls.digest,
+        bundle.logit_bias,
+    )  # fmt: skip
     write_fit(path_for(label_sets_dir, name), fit)
     return fit
 
@@ -115,6 +116,11 @@ def format_fit(fit: Fit) -> str:
         f"temperature {fit.temperature:.3f}: expected calibration error "
         f"{f['ece_before']:.3f} -> {f['ece_after']:.3f}",
     ]
+    if "multi_bce_before" in f:
+        lines.append(
+            f"multi: per-label sigmoid of {f['multi_on']}: binary cross-entropy "
+            f"{f['multi_bce_before']:.3f} -> {f['multi_bce_after']:.3f}"
+        )
     rule: Any = f.get("abstain")
     if rule:
         got = rule["achieved"]

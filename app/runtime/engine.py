@@ -390,8 +390,9 @@ class Engine:
         y = np.array([-1 if t is None else index[t] for t in truth])
         try:
             fit = fit_set(
-                feats, y, ls.labels, matrix, rt.logit_scale, lex, neg, target, rt.sha, rt.ref, ls.digest
-            )
+                feats, y, ls.labels, matrix, rt.logit_scale, lex, neg, target, rt.sha, rt.ref, ls.digest,
+                rt.logit_bias,
+            )  # fmt: skip
         except CalibrationInputError as e:
             raise InvalidRequest(str(e), code="invalid_calibration") from None
         await run_in_threadpool(self.calibrations.put, ls, fit)

@@ -7,7 +7,9 @@ measures is what a request gets. Torch-free.
 - multi: an independent probability per label (model/bundle/openset.py); ranked by it. A model trained
   with the sigmoid loss (SigLIP: the manifest's scoring has a logit_bias) has one by construction,
   sigmoid(logit_scale x cosine + logit_bias), and that is what it answers, with no lexicon; a label
-  set's per-label Platt fit, fitted against the lexicon's reference, is not applied to it.
+  set calibrated on it answers sigmoid(a_i x cosine + b_i), its per-label Platt fit of that logit
+  (model/bundle/calibration_fit.py). A fit of another kind (the lexicon's, made before calibration
+  read the model's own logit) is not applied to it.
 Abstention: the rules of the request (its thresholds) or, when it gives none, the calibrated rule of
 the label set it names; each answer says which rule decided, with the score and the threshold.
 """
@@ -126,6 +128,8 @@ def _multi(
 ) -> np.ndarray:
     """The independent probability per label [B, N]: the model's own sigmoid when it has a bias."""
     if logit_bias is not None:
+        if fit is not None and fit.figures.get("multi_on") == "cosine":
+            return multi_probability(cosine, np.zeros(len(cosine)), 1.0, np.array(fit.a), np.array(fit.b))
         return sigmoid_probability(cosine, logit_scale, logit_bias)
     if cos_lex is None:
         raise ValueError("multi answers need the lexicon")

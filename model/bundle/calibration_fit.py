@@ -4,8 +4,11 @@ Input: normalized image features, each with the index of its label in the set or
 is none of them. Output: a `Fit` (model/bundle/calibration_store.py):
 - the temperature of the single-mode softmax (temperature scaling, Guo et al. 2017), fitted on the
   images of the set's labels, with the expected calibration error before and after;
-- per label, Platt's sigmoid of `multi` answers on (cosine - reference), pulled toward the uncalibrated
-  sigmoid so that a label with one or two images stays sane; a label with no image keeps that prior;
+- per label, Platt's sigmoid of `multi` answers, pulled toward the uncalibrated sigmoid so that a label
+  with one or two images stays sane; a label with no image keeps that prior. On a CLIP bundle the
+  sigmoid reads (cosine - reference), prior (logit_scale, 0); on a sigmoid-loss bundle (SigLIP, a
+  `logit_bias`) it reads the cosine itself, prior the model's own (logit_scale, logit_bias), so the fit
+  corrects the model's sigmoid rather than replacing it with the lexicon's;
 - the abstain rule: of the scores mcm, cosine and neglabel, the one that best separates right answers
   from wrong ones and unknowns (AUROC), with the threshold that reaches the target precision of the
   answers kept, or the target false-positive rate on the unknown images.
@@ -26,6 +29,7 @@ from model.bundle.metrics import auroc, expected_calibration_error
 from model.bundle.openset import (
     Rule,
     Score,
+    multi_probability,
     neglabel_score,
     reference,
     softmax_probability,
@@ -81,8 +85,10 @@ def fit_set(
     sha: str,
     model: dict[str, str],
     labels_digest: str,
+    logit_bias: float | None = None,
 ) -> Fit:
-    """features [n, E] normalized, truth [n] (label index, -1 = none of them), matrix [N, E]."""
+    """features [n, E] normalized, truth [n] (label index, -1 = none of them), matrix [N, E];
+    `logit_bias` for a sigmoid-loss bundle."""
     truth = np.asarray(truth, dtype=np.int64)
     check_inputs(truth, labels)
     known = truth >= 0
@@ -102,16 +108,7 @@ def fit_set(
         "ece_before": expected_calibration_error(before[known].max(axis=1), correct[known]),
         "ece_after": expected_calibration_error(after[known].max(axis=1), correct[known]),
     }
-    z = cosine - reference(features @ lexicon.T)[:, None]  # [n, N]: what multi answers read
-    a, b = [], []
-    for i in range(len(labels)):
-        pos = truth == i
-        if pos.any():
-            ai, bi = fit_platt(z[:, i], pos, prior=(logit_scale, 0.0), strength=PLATT_STRENGTH)
-        else:
-            ai, bi = logit_scale, 0.0
-        a.append(float(ai))
-        b.append(float(bi))
+    a, b = _platt_per_label(cosine, features @ lexicon.T, truth, logit_scale, logit_bias, figures)
     figures["labels_without_images"] = [lb for i, lb in enumerate(labels) if not (truth == i).any()]
     scores: dict[Score, np.ndarray] = {
         "mcm": after.max(axis=1),
@@ -122,6 +119,41 @@ def fit_set(
     figures.update(rule_figures)
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     return Fit(sha, model, labels_digest, now, temperature, tuple(a), tuple(b), rule, figures)
+
+
+def _platt_per_label(
+    cosine: np.ndarray,
+    cos_lexicon: np.ndarray,
+    truth: np.ndarray,
+    logit_scale: float,
+    logit_bias: float | None,
+    figures: dict[str, Any],
+) -> tuple[list[float], list[float]]:
+    """Per label (a, b) of multi's sigmoid; adds what it reads and the binary cross-entropy of the
+    multi probabilities over every (image, label) pair, before and after, to `figures`."""
+    if logit_bias is None:
+        z, prior, on = cosine - reference(cos_lexicon)[:, None], (logit_scale, 0.0), "cosine - reference"
+    else:
+        z, prior, on = cosine, (logit_scale, logit_bias), "cosine"  # the model's own logit, unshifted
+    a, b = [], []
+    for i in range(cosine.shape[1]):
+        pos = truth == i
+        ai, bi = fit_platt(z[:, i], pos, prior=prior, strength=PLATT_STRENGTH) if pos.any() else prior
+        a.append(float(ai))
+        b.append(float(bi))
+    onehot = truth[:, None] == np.arange(cosine.shape[1])[None, :]  # images of none: negatives for all
+    zero = np.zeros(len(z))
+    before = multi_probability(z, zero, prior[0], None, np.full(len(a), prior[1]))
+    after = multi_probability(z, zero, 1.0, np.array(a), np.array(b))
+    figures["multi_on"] = on
+    figures["multi_bce_before"] = _bce(before, onehot)
+    figures["multi_bce_after"] = _bce(after, onehot)
+    return a, b
+
+
+def _bce(p: np.ndarray, positive: np.ndarray) -> float:
+    q = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
+    return float(-np.where(positive, np.log(q), np.log1p(-q)).mean())
 
 
 def _rule(

@@ -33,7 +33,8 @@ class Fit:
     labels_digest: str  # the label set definition it was fitted for
     fitted_at: str
     temperature: float  # single: softmax(logit_scale x cosine / temperature)
-    a: tuple[float, ...]  # multi: sigmoid(a_i (cosine_i - reference) + b_i), per label
+    a: tuple[float, ...]  # multi: sigmoid(a_i z_i + b_i) per label; z: figures["multi_on"]
+    # ("cosine - reference" on CLIP bundles; "cosine" on sigmoid-loss ones)
     b: tuple[float, ...]
     rule: Rule | None  # abstain when rule.score < rule.threshold
     figures: dict[str, Any] = field(default_factory=dict)  # images, ECE before/after, AUROC, ...

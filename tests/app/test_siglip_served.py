@@ -109,6 +109,33 @@ def test_a_label_set_answers_like_the_same_labels_sent(client: TestClient) -> No
         )
 
 
+def test_a_calibrated_set_answers_its_fitted_sigmoid(client: TestClient) -> None:
+    """Calibration over HTTP refits each label's sigmoid of the model's own logit, and multi answers
+    with it; the labels are what the model itself answers, so the fit has right answers to keep."""
+    images = [png(s) for s in range(3, 15)]
+    feats = np.array(
+        client.post("/v1/embeddings/images", json={"images": [b64(x) for x in images]}).json()["embeddings"]
+    )
+    _, texts = features(client)
+    answered = (feats @ texts.T).argmax(axis=1)
+    assert len(set(answered)) >= 2, answered  # calibration needs images of two labels
+    body = [{"image": b64(x), "label": LABELS[j]} for x, j in zip(images, answered, strict=True)]
+    r = client.post("/v1/label-sets/colours/calibration", json={"images": body}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    fit = client.get("/v1/label-sets/colours").json()["calibration"]
+    assert fit["status"] == "fitted" and fit["figures"]["multi_on"] == "cosine"
+    a, b = np.array(fit["a"]), np.array(fit["b"])
+    got = classify(client, label_set="colours", mode="multi", templates=None)
+    assert got["calibration"]["status"] == "fitted"
+    cosine = features(client)[0] @ texts.T
+    for i, result in enumerate(got["results"]):
+        for row in result["labels"]:
+            j = LABELS.index(row["label"])
+            assert row["probability"] == pytest.approx(
+                1 / (1 + np.exp(-(a[j] * cosine[i, j] + b[j]))), abs=1e-5
+            )
+
+
 def test_hot_reload_swaps_in_a_new_siglip_version(
     client: TestClient, models: Path, siglip_models: Path
 ) -> None:
@@ -119,4 +146,5 @@ def test_hot_reload_swaps_in_a_new_siglip_version(
     assert client.get("/v1/models").json()["version"] == "v2"
     after, _ = features(client)
     assert np.abs(after - before).max() > 1e-3  # the new weights answer
-    assert classify(client, label_set="colours", mode="multi", templates=None)["results"]  # rebuilt for v2
+    again = classify(client, label_set="colours", mode="multi", templates=None)  # rebuilt for v2
+    assert again["results"] and again["calibration"]["status"] == "stale"  # fitted on v1: not used
