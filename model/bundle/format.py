@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -75,6 +76,11 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _finite_number(value: object) -> bool:
+    """A JSON number that is finite (json reads NaN and Infinity; a bool is an int to Python)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def scoring_bias(manifest: Mapping[str, Any]) -> float | None:
     """The logit bias of a sigmoid-scored model (SigLIP), None for softmax (CLIP; manifests before the
     `scoring` entry). Refuses a kind this code does not score, rather than scoring it as softmax."""
@@ -83,7 +89,12 @@ def scoring_bias(manifest: Mapping[str, Any]) -> float | None:
     if kind == "softmax":
         return None
     if kind == "sigmoid":
-        return float(scoring["logit_bias"])
+        bias = scoring["logit_bias"]
+        # float() would take NaN, "inf" or true: loaded fine, then mode=multi answers 500 (NaN is not
+        # JSON) or a probability of 1.0 for every label.
+        if not _finite_number(bias):
+            raise BundleError(f"manifest scoring logit_bias {bias!r} is not a finite number")
+        return float(bias)
     raise BundleError(f"manifest scoring kind {kind!r} is not one this server implements (softmax, sigmoid)")
 
 
@@ -152,6 +163,9 @@ def read_manifest(path: Path) -> dict[str, Any]:
         raise BundleError(f"{mpath} says version {manifest['version']!r}, but the folder is {path.name!r}")
     if manifest["format_version"] != FORMAT_VERSION:
         raise BundleError(f"{mpath}: format_version {manifest['format_version']!r} is not {FORMAT_VERSION}")
+    scale = manifest["logit_scale"]
+    if not _finite_number(scale) or scale <= 0:  # else every classify answers 500 (NaN) or nonsense
+        raise BundleError(f"{mpath}: logit_scale {scale!r} is not a finite positive number")
     try:
         scoring_bias(manifest)
     except (AttributeError, KeyError, TypeError, ValueError):

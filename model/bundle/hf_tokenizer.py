@@ -101,6 +101,16 @@ def _tokenizer_without(tokenizer: Tokenizer, *keys: str) -> Tokenizer:
     return Tokenizer.from_str(json.dumps(spec))
 
 
+def read_tokenizer_json(path: str | Path) -> Tokenizer:
+    """`Tokenizer.from_file`, whose bare Exception for a truncated or garbled file ("EOF while
+    parsing...") says nothing of a tokenizer: a ValueError that does (callers prefix the path), so a
+    damaged bundle is refused with a reason a reader can act on."""
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:
+        raise ValueError(f"not a tokenizer.json `tokenizers` can read: {e}") from None
+
+
 class FixedLengthTokenizer:
     """SigLIP's tokenizer: split on specials and canonicalise in Python, segment in `tokenizers`
     (normalizer, pre-tokenizer and model of the tokenizer.json), eos and fixed padding in numpy."""
@@ -162,7 +172,7 @@ class FixedLengthTokenizer:
     @classmethod
     def from_file(cls, path: str | Path, context_length: int = 64, **options: Any) -> FixedLengthTokenizer:
         """A tokenizer.json with SigLIP's defaults, or the keyword options of the constructor."""
-        return cls(Tokenizer.from_file(str(path)), context_length, **options)
+        return cls(read_tokenizer_json(path), context_length, **options)
 
     @classmethod
     def from_facts(
@@ -182,7 +192,7 @@ class FixedLengthTokenizer:
         if facts.get("padding", "max_length") != "max_length":
             raise ValueError(f"padding {facts['padding']!r} is not 'max_length'")
         tok = cls(
-            Tokenizer.from_file(str(path)),
+            read_tokenizer_json(path),
             length,
             eos_token=str(facts.get("eos_token", "</s>")),
             pad_token=str(facts.get("pad_token", "</s>")),

@@ -154,8 +154,8 @@ class ClipTokenizer:
 
     @classmethod
     def from_file(cls, path: str | Path, context_length: int = 77) -> ClipTokenizer:
-        """Load a tokenizer.json written by `save` (e.g. from a model bundle)."""
-        return cls(Tokenizer.from_file(str(path)), context_length)
+        """Load a tokenizer.json written by `save` (e.g. from a model bundle); ValueError when damaged."""
+        return cls(hf_tokenizer.read_tokenizer_json(path), context_length)
 
     def save(self, path: str | Path) -> None:
         self._tok.save(str(path))
@@ -273,12 +273,12 @@ def open_tokenizer(path: str | Path, facts: Mapping[str, Any], context_length: i
     if not isinstance(facts, Mapping):
         raise BundleError(f"{path}: the manifest's tokenizer facts must be an object, not {facts!r}")
     kind = facts.get("kind")
-    if kind in CLIP_KINDS:
-        return ClipTokenizer.from_file(path, context_length)
-    if kind == hf_tokenizer.KIND:
-        try:
+    try:
+        if kind in CLIP_KINDS:
+            return ClipTokenizer.from_file(path, context_length)
+        if kind == hf_tokenizer.KIND:
             return hf_tokenizer.FixedLengthTokenizer.from_facts(path, facts, context_length)
-        except ValueError as e:
-            raise BundleError(f"{path}: {e}") from None
+    except ValueError as e:
+        raise BundleError(f"{path}: {e}") from None
     known = ", ".join(repr(k) for k in (*CLIP_KINDS[1:], hf_tokenizer.KIND))
     raise BundleError(f"{path}: the manifest's tokenizer kind {kind!r} is unknown; this code reads {known}")

@@ -116,3 +116,15 @@ def test_scoring_bias_reads_the_manifest_and_refuses_an_unknown_kind() -> None:
     assert scoring_bias({"scoring": {"kind": "sigmoid", "logit_bias": -12.5}}) == -12.5
     with pytest.raises(BundleError, match="'hinge'"):
         scoring_bias({"scoring": {"kind": "hinge"}})
+    for bad in (float("nan"), float("inf"), "-4", True):  # json reads NaN and Infinity; float() takes "-4"
+        with pytest.raises(BundleError, match="not a finite number"):
+            scoring_bias({"scoring": {"kind": "sigmoid", "logit_bias": bad}})
+
+
+@pytest.mark.parametrize("scale", [float("nan"), float("inf"), 0, -1.0, "100", True])
+def test_a_logit_scale_that_is_not_a_finite_positive_number_is_refused(tmp_path: Path, scale: object) -> None:
+    b = write_bundle(tmp_path / "m", "v1", MANIFEST, _write)
+    m = json.loads((b.path / "manifest.json").read_text())
+    (b.path / "manifest.json").write_text(json.dumps(m | {"logit_scale": scale}))
+    with pytest.raises(BundleError, match=r"logit_scale .* is not a finite positive number"):
+        load_bundle(b.path, verify_hashes=False)

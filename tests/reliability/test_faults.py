@@ -1,8 +1,9 @@
 """Faults: what the disk and other processes can do to a running service, and what must survive it.
 
 - A corrupt bundle published under a running `zeroshot serve` (an encoder truncated under a manifest
-  rehashed to match it, a manifest that is not JSON, CURRENT naming a missing version or a path):
-  each is refused and reported, and the old model answers every request meanwhile.
+  rehashed to match it, a manifest that is not JSON, CURRENT naming a missing version or a path;
+  for SigLIP, a garbled tokenizer.json, an unknown scoring kind, a NaN logit_bias, an unknown
+  resize): each is refused and reported, and the old model answers every request meanwhile.
 - `zeroshot export` SIGKILLed at several points while it writes: CURRENT is unchanged (or names the
   complete new version), every visible version loads with its hashes verified, the running server
   keeps answering, and the next export removes the temporary folders the killed ones left.
@@ -50,6 +51,7 @@ from model.bundle.format import (
     IMAGE_ENCODER,
     MANIFEST,
     TEXT_ENCODER,
+    TOKENIZER,
     current_bundle,
     load_bundle,
     read_current,
@@ -102,15 +104,28 @@ def wait_for(what: str, check: Callable[[], bool], timeout_s: float = 60) -> Non
         time.sleep(0.05)
 
 
-def copy_default(model_dir: Path, version: str) -> Path:
-    """The default bundle copied in as `version` (its manifest says so); not published."""
-    require_default_model()
+def copy_bundle(source: Path, model_dir: Path, version: str) -> Path:
+    """The current bundle of model folder `source` copied in as `version` (its manifest says so);
+    not published."""
     dst = model_dir / version
-    shutil.copytree(current_bundle(DEFAULT_MODEL_DIR, verify_hashes=False).path, dst)
+    shutil.copytree(current_bundle(source, verify_hashes=False).path, dst)
     manifest = json.loads((dst / MANIFEST).read_text())
     manifest["version"] = version
     (dst / MANIFEST).write_text(json.dumps(manifest))
     return dst
+
+
+def copy_default(model_dir: Path, version: str) -> Path:
+    """The default bundle copied in as `version`; not published."""
+    require_default_model()
+    return copy_bundle(DEFAULT_MODEL_DIR, model_dir, version)
+
+
+def rehash(bundle: Path, manifest: dict[str, Any]) -> None:
+    """Make the manifest's hashes and sizes match the files again (damage only loading can tell)."""
+    for name in manifest["files"]:
+        f = bundle / name
+        manifest["files"][name] = {"sha256": sha256_file(f), "bytes": f.stat().st_size}
 
 
 def write_current(model_dir: Path, text: str) -> None:
@@ -275,51 +290,18 @@ def export_cmd(checkpoint: Path, model_dir: Path, version: str) -> list[str]:
 
 # --- corrupt bundles -------------------------------------------------------------------------------
 
+Published = tuple[Callable[[], None], list[str]]  # publish a broken version; what the refusal says
 
-def test_corrupt_bundles_published_to_a_running_server_are_refused(tmp_path: Path) -> None:
-    """Each broken publication is refused with a reason that names the problem, while a client keeps
-    classifying: every request succeeds, on v1 until the good v5 arrives, never on a broken one."""
-    m = tmp_path / "models" / "m"
-    m.mkdir(parents=True)
-    copy_default(m, "v1")
-    set_current(m, "v1")
 
-    def truncated_encoder_rehashed() -> None:  # hashes and sizes match: only loading can tell
-        b = copy_default(m, "v2")
-        enc = b / IMAGE_ENCODER
-        os.truncate(enc, enc.stat().st_size // 2)
-        manifest = json.loads((b / MANIFEST).read_text())
-        manifest["files"][IMAGE_ENCODER] = {"sha256": sha256_file(enc), "bytes": enc.stat().st_size}
-        (b / MANIFEST).write_text(json.dumps(manifest))
-        set_current(m, "v2")
-
-    def manifest_not_json() -> None:
-        b = copy_default(m, "v3")
-        text = (b / MANIFEST).read_text()
-        (b / MANIFEST).write_text(text[: len(text) // 2])
-        set_current(m, "v3")
-
-    def text_encoder_missing() -> None:
-        b = copy_default(m, "v4")
-        (b / TEXT_ENCODER).unlink()
-        set_current(m, "v4")
-
-    cases: list[tuple[Callable[[], None], list[str]]] = [
-        (
-            truncated_encoder_rehashed,
-            ["version v2 refused", f"{IMAGE_ENCODER} cannot be loaded by onnxruntime"],
-        ),
-        (manifest_not_json, ["version v3 refused", f"{MANIFEST} is not valid JSON"]),
-        (
-            text_encoder_missing,
-            ["version v4 refused", f"{TEXT_ENCODER} is listed in the manifest but missing"],
-        ),
-        (lambda: write_current(m, "v9"), ["version v9 refused", "does not exist"]),
-        (lambda: write_current(m, "../v1"), ["invalid version '../v1'"]),
-    ]
+def assert_refused_while_serving(
+    tmp_path: Path, m: Path, cases: list[Published], good: Callable[[], str]
+) -> None:
+    """Serve model folder `m` (v1 published) while a client classifies; publish each broken case in
+    turn: each must be refused with a reason holding every expected string, v1 answering meanwhile.
+    Then `good()` publishes a sound version (returned), which must be served."""
     env = {
         "ZEROSHOT_MODELS_DIR": str(m.parent),
-        "ZEROSHOT_MODEL_NAME": "m",
+        "ZEROSHOT_MODEL_NAME": m.name,
         "ZEROSHOT_RELOAD_INTERVAL_S": "0.1",
     }
     with served_process(tmp_path, env) as (proc, base):
@@ -336,20 +318,127 @@ def test_corrupt_bundles_published_to_a_running_server_are_refused(tmp_path: Pat
                 wait_for(f"the server to report {expected}", reported, 30)
                 assert served_version(base) == "v1"
                 assert httpx.get(f"{base}/readyz").status_code == 200
-            copy_default(m, "v5")
-            set_current(m, "v5")
-            wait_for("v5 to be served", lambda: served_version(base) == "v5", 30)
+            last = good()
+            wait_for(f"{last} to be served", lambda: served_version(base) == last, 30)
             assert httpx.get(f"{base}/v1/models").json()["reload_error"] is None
-            answers = client.finish("v5")
+            answers = client.finish(last)
         finally:
             client.finish()
         assert proc.poll() is None
     failed = [a for a in answers if a[0] != 200]
     assert not failed, failed[:3]
     versions = [v for _, v in answers]
-    assert len(versions) > 10 and versions[0] == "v1" and versions[-1] == "v5"
-    assert set(versions) == {"v1", "v5"}  # never a broken version
-    assert "refused" in (tmp_path / "serve.log").read_text()  # and each refusal was logged
+    assert len(versions) > 10 and versions[0] == "v1" and versions[-1] == last
+
+
+def test_corrupt_bundles_published_to_a_running_server_are_refused(tmp_path: Path) -> None:
+    """Each broken publication is refused with a reason that names the problem, while a client keeps
+    classifying: every request succeeds, on v1 until the good v5 arrives, never on a broken one."""
+    m = tmp_path / "models" / "m"
+    m.mkdir(parents=True)
+    copy_default(m, "v1")
+    set_current(m, "v1")
+
+    def truncated_encoder_rehashed() -> None:  # hashes and sizes match: only loading can tell
+        b = copy_default(m, "v2")
+        enc = b / IMAGE_ENCODER
+        os.truncate(enc, enc.stat().st_size // 2)
+        manifest = json.loads((b / MANIFEST).read_text())
+        rehash(b, manifest)
+        (b / MANIFEST).write_text(json.dumps(manifest))
+        set_current(m, "v2")
+
+    def manifest_not_json() -> None:
+        b = copy_default(m, "v3")
+        text = (b / MANIFEST).read_text()
+        (b / MANIFEST).write_text(text[: len(text) // 2])
+        set_current(m, "v3")
+
+    def text_encoder_missing() -> None:
+        b = copy_default(m, "v4")
+        (b / TEXT_ENCODER).unlink()
+        set_current(m, "v4")
+
+    def good() -> str:
+        copy_default(m, "v5")
+        set_current(m, "v5")
+        return "v5"
+
+    cases: list[Published] = [
+        (
+            truncated_encoder_rehashed,
+            ["version v2 refused", f"{IMAGE_ENCODER} cannot be loaded by onnxruntime"],
+        ),
+        (manifest_not_json, ["version v3 refused", f"{MANIFEST} is not valid JSON"]),
+        (
+            text_encoder_missing,
+            ["version v4 refused", f"{TEXT_ENCODER} is listed in the manifest but missing"],
+        ),
+        (lambda: write_current(m, "v9"), ["version v9 refused", "does not exist"]),
+        (lambda: write_current(m, "../v1"), ["invalid version '../v1'"]),
+    ]
+    assert_refused_while_serving(tmp_path, m, cases, good)
+
+
+def test_corrupt_siglip_bundles_published_to_a_running_server_are_refused(
+    tmp_path: Path, siglip_models: Path
+) -> None:
+    """What only a SigLIP bundle holds, damaged under hashes rehashed to match (so only loading can
+    tell): its SentencePiece tokenizer.json, its sigmoid scoring, its square resize. Each is refused
+    when loaded, never accepted to fail later (a NaN logit_bias used to load and answer mode=multi
+    with a 500), while the old version answers."""
+    src = siglip_models / "siglip"
+    m = tmp_path / "models" / "m"
+    m.mkdir(parents=True)
+    copy_bundle(src, m, "v1")
+    set_current(m, "v1")
+
+    def damaged(version: str, damage: Callable[[Path, dict[str, Any]], object]) -> Callable[[], None]:
+        def publish() -> None:
+            b = copy_bundle(src, m, version)
+            manifest = json.loads((b / MANIFEST).read_text())
+            damage(b, manifest)
+            rehash(b, manifest)
+            (b / MANIFEST).write_text(json.dumps(manifest))  # (json writes NaN and Infinity as such)
+            set_current(m, version)
+
+        return publish
+
+    def cut(f: Path) -> None:
+        os.truncate(f, f.stat().st_size // 2)
+
+    def garble(f: Path) -> None:  # 64 random bytes over the middle: neither UTF-8 nor JSON any more
+        data = bytearray(f.read_bytes())
+        data[len(data) // 2 : len(data) // 2 + 64] = random.Random(3).randbytes(64)
+        f.write_bytes(bytes(data))
+
+    def good() -> str:
+        copy_bundle(src, m, "v8")
+        set_current(m, "v8")
+        return "v8"
+
+    unreadable = f"{TOKENIZER}: not a tokenizer.json `tokenizers` can read"
+    cases: list[Published] = [
+        (damaged("v2", lambda b, _: cut(b / TOKENIZER)), ["version v2 refused", unreadable]),
+        (damaged("v3", lambda b, _: garble(b / TOKENIZER)), ["version v3 refused", unreadable]),
+        (
+            damaged("v4", lambda _, mf: mf.update(scoring={"kind": "cosine-magic"})),
+            ["version v4 refused", "scoring kind 'cosine-magic' is not one this server implements"],
+        ),
+        (
+            damaged("v5", lambda _, mf: mf["scoring"].update(logit_bias=float("nan"))),
+            ["version v5 refused", "logit_bias nan is not a finite number"],
+        ),
+        (
+            damaged("v6", lambda _, mf: mf["preprocessing"].update(resize="fisheye")),
+            ["version v6 refused", "unsupported preprocessing resize='fisheye'"],
+        ),
+        (  # the scale every score is multiplied by (CLIP's too): Infinity used to load, then 500
+            damaged("v7", lambda _, mf: mf.update(logit_scale=float("inf"))),
+            ["version v7 refused", "logit_scale inf is not a finite positive number"],
+        ),
+    ]
+    assert_refused_while_serving(tmp_path, m, cases, good)
 
 
 # --- export killed half-way ------------------------------------------------------------------------

@@ -4,7 +4,8 @@ fully back afterwards.
 
 The default model is too fast to overload from the same two cores without measuring the HTTP stack
 instead, so its image encoder is slowed to a known capacity (~20 images/s) and 4x that rate is
-offered, open-loop, from another process.
+offered, open-loop, from another process. Run on the default CLIP bundle and on a tiny SigLIP one
+(tests/siglip_checkpoint.py), whose own preprocessing, tokenizer and sigmoid scoring sit on the path.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 
 from app.main import create_app
 from model.data.synthetic import SyntheticShapes
@@ -60,11 +63,24 @@ def run_hammer(base: str, rate: float, seconds: float) -> list[tuple[int, float,
     return asyncio.run(hammer(base, rate, seconds))
 
 
-def test_overload_is_refused_quickly_and_the_service_recovers(tmp_path: Path) -> None:
-    s = server_settings(tmp_path, max_batch=2, max_queue=8, max_images_per_request=2, queue_timeout_s=5.0)
+@pytest.fixture(params=["default", "siglip"])
+def model_settings(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Settings serving the default CLIP bundle, or the SigLIP bundle of tests/siglip_checkpoint.py."""
+    if request.param == "siglip":
+        return {"models_dir": request.getfixturevalue("siglip_models"), "model_name": "siglip"}
+    return {}
+
+
+def test_overload_is_refused_quickly_and_the_service_recovers(
+    tmp_path: Path, model_settings: dict[str, Any]
+) -> None:
+    s = server_settings(
+        tmp_path, max_batch=2, max_queue=8, max_images_per_request=2, queue_timeout_s=5.0, **model_settings
+    )
     app = create_app(s)
     with live_server(s, app) as base:
-        holder = app.state.engine.models.default.holder
+        served = app.state.engine.models.default  # the one model served: the metrics label it by name
+        holder = served.holder
         real = holder.runtime.encode_images
 
         def slow(pixels: np.ndarray) -> np.ndarray:
@@ -93,11 +109,11 @@ def test_overload_is_refused_quickly_and_the_service_recovers(tmp_path: Path) ->
                 )
                 assert r.status_code == 200
             assert c.get("/readyz").status_code == 200
-            assert 'zeroshot_queue_depth{model="default"} 0.0' in c.get("/metrics").text
+            assert f'zeroshot_queue_depth{{model="{served.name}"}} 0.0' in c.get("/metrics").text
         ok_ms = 1000 * np.array([r[1] for r in ok])
         refused_ms = 1000 * np.array([r[1] for r in refused])
         print(
-            f"\noverload: {len(results)} requests at {RATE:.0f}/s: {len(ok)} served "
+            f"\noverload ({served.name}): {len(results)} requests at {RATE:.0f}/s: {len(ok)} served "
             f"(p50 {np.median(ok_ms):.0f} ms, max {ok_ms.max():.0f} ms), "
             f"{len(refused)} refused with 503 (p95 {np.percentile(refused_ms, 95):.0f} ms)"
         )
