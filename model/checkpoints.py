@@ -12,13 +12,14 @@ import json
 import logging
 import os
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from model.bundle.atomic import atomic_write
+from model.checkpoint_inputs import InputsError, ModelInputs, read_inputs
 from model.clip import CLIP, CLIPConfig, build_model, get_preset, with_image_size
 from model.siglip import FAMILY, SigLIP, SiglipConfig
 
@@ -114,32 +115,52 @@ def model_config(cfg: TrainConfig) -> CLIPConfig:
     return with_image_size(mcfg, cfg.image_size) if cfg.image_size else mcfg
 
 
-def build_for_training(cfg: TrainConfig, resume: str | Path | None) -> tuple[CLIP, dict[str, Any] | None]:
+Trainable = CLIP | SigLIP  # a SigLIP is fine-tuned (imported, with its own inputs), never built fresh
+
+
+@dataclass(frozen=True)
+class Start:
+    """What a run starts from: the model, the resumed checkpoint (None: step 0) and the model's inputs."""
+
+    model: Trainable
+    resumed: dict[str, Any] | None
+    inputs: ModelInputs
+    inputs_entry: dict[str, Any] | None  # copied into every checkpoint the run writes (None: CLIP's own)
+
+
+def inputs_of(ckpt: dict[str, Any], model: Trainable) -> ModelInputs:
+    """The tokenizer and preprocessing a checkpoint's model reads (model/checkpoint_inputs.py)."""
+    family = FAMILY if isinstance(model, SigLIP) else "clip"
+    try:
+        return read_inputs(
+            ckpt.get("inputs"), family, model.config.vision.image_size, model.config.text.context_length
+        )
+    except InputsError as e:
+        raise TrainError(str(e)) from None
+
+
+def build_for_training(cfg: TrainConfig, resume: str | Path | None) -> Start:
     """The model to train: from the resumed checkpoint, the fine-tuning source, or a fresh preset."""
     if resume:
         ckpt = load_checkpoint(resume)
-        return _clip_only(model_from_checkpoint(ckpt), resume), ckpt
+        model = model_from_checkpoint(ckpt)
+        return Start(model, ckpt, inputs_of(ckpt, model), ckpt.get("inputs"))
     if cfg.init_from:
         src = resolve_init(cfg.init_from)
-        model = _clip_only(model_from_checkpoint(load_checkpoint(src)), src)
+        ckpt = load_checkpoint(src)
+        model = model_from_checkpoint(ckpt)
         size = model.config.vision.image_size
         if cfg.image_size and cfg.image_size != size:
             raise TrainError(f"image_size {cfg.image_size} differs from {src}'s {size}; leave it unset")
-        if model.config.logit_bias != (cfg.loss == "sigmoid"):
+        sigmoid = isinstance(model, SigLIP) or model.config.logit_bias
+        if sigmoid != (cfg.loss == "sigmoid"):
             raise TrainError(
                 f"loss {cfg.loss} cannot fine-tune {src}, trained with the "
-                f"{'sigmoid' if model.config.logit_bias else 'softmax'} loss: set loss to match it"
+                f"{'sigmoid' if sigmoid else 'softmax'} loss: set loss to match it"
             )
         log.info("fine-tuning from %s (the preset %r is not used)", src, cfg.preset)
-        return model, None
-    return build_model(model_config(cfg)), None
-
-
-def _clip_only(model: CLIP | SigLIP, src: str | Path) -> CLIP:
-    if isinstance(model, SigLIP):
-        raise TrainError(
-            f"{src} holds a SigLIP (imported from transformers): this trainer does not train that "
-            "architecture yet; it exports and serves it (zeroshot export), and trains CLIP with the "
-            "sigmoid loss (--loss sigmoid)"
-        )
-    return model
+        return Start(model, None, inputs_of(ckpt, model), ckpt.get("inputs"))
+    model = build_model(model_config(cfg))
+    return Start(
+        model, None, ModelInputs.clip(model.config.vision.image_size, model.config.text.context_length), None
+    )

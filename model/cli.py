@@ -103,6 +103,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_import(args: argparse.Namespace) -> None:
     from model.bundle.preprocess import PreprocessConfig
     from model.bundle.tokenizer import ClipTokenizer
+    from model.checkpoint_inputs import ModelInputs
     from model.export import Tokenizer, describe_parity, export_bundle, sample_inputs
     from model.importer import load_published, save_imported_checkpoint
     from model.siglip import SigLIP
@@ -134,7 +135,9 @@ def cmd_import(args: argparse.Namespace) -> None:
         extra_manifest={"source": source},
         fp16=args.fp16,
     )
-    save_imported_checkpoint(imported.model, ckpt_path, source)
+    # a SigLIP's checkpoint carries its tokenizer and preprocessing: re-export and fine-tuning need them
+    inputs = ModelInputs(tokenizer, pre).entry() if isinstance(imported.model, SigLIP) else None
+    save_imported_checkpoint(imported.model, ckpt_path, source, inputs)
     print(
         f"bundle: {bundle.path}  ({describe_parity(bundle.manifest['parity'])})\n"
         f"checkpoint (to fine-tune or re-export): {ckpt_path}"

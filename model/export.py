@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import shutil
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -292,7 +293,10 @@ def _manifest(model: Model, tokenizer: Tokenizer, preprocess: PreprocessConfig) 
             "config": cfg.to_dict(),
         },
         "preprocessing": preprocess.to_dict(),
-        "logit_scale": float(model.logit_scale.detach().exp().clamp(max=100.0)),
+        # CLIP's scale is capped at 100 as OpenAI trains it; SigLIP's is used as is (transformers: no cap)
+        "logit_scale": float(
+            model.logit_scale.detach().exp().clamp(max=100.0 if isinstance(model, CLIP) else math.inf)
+        ),
         # how the model was trained to score a pair: SigLIP's sigmoid(exp(t) cos + b), or CLIP's softmax
         "scoring": {"kind": "softmax"}
         if model.logit_bias is None
@@ -344,25 +348,27 @@ def export_checkpoint(
     With ``int8``, a ResNet's activation ranges are calibrated on up to 256 images from
     ``calibration_folder`` (images like those it will serve), else on the rendered sample images,
     which suit only a model trained on the synthetic shapes."""
-    from model.checkpoints import load_checkpoint, model_from_checkpoint
+    from model.checkpoints import inputs_of, load_checkpoint, model_from_checkpoint
 
-    model = model_from_checkpoint(load_checkpoint(checkpoint))
+    ckpt = load_checkpoint(checkpoint)
+    model = model_from_checkpoint(ckpt)
+    inputs = inputs_of(ckpt, model)  # CLIP's BPE and preprocessing, or those a SigLIP came with
     size = model.config.vision.image_size
-    images, texts = sample_inputs(size, n_images)
+    images, texts = sample_inputs(size, n_images, inputs.preprocess)
     calibration = None
     if int8 and calibration_folder is not None:
         from model.data.files import sample_image_files
 
-        calibration = sample_image_files(calibration_folder, PreprocessConfig(image_size=size))
+        calibration = sample_image_files(calibration_folder, inputs.preprocess)
         log.info("int8 calibration: %d images from %s", len(calibration), calibration_folder)
     return export_bundle(
         model,
-        ClipTokenizer.clip_bpe(),
+        inputs.tokenizer,
         model_dir,
         images,
         texts,
         version=version,
-        preprocess=PreprocessConfig(image_size=size),
+        preprocess=inputs.preprocess,
         tolerance=tolerance,
         publish=publish,
         extra_manifest={"source": {"checkpoint": str(checkpoint)}},  # as given, like `import`

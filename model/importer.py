@@ -184,13 +184,16 @@ def _build(make: Callable[[], M]) -> M:
         raise WeightsError(f"the inferred architecture cannot be built: {e}") from None
 
 
-def save_imported_checkpoint(model: CLIP | SigLIP, path: Path, source: Mapping[str, str]) -> None:
-    """A checkpoint that `zeroshot export` and model.train.load_checkpoint accept (step 0, no optimizer)."""
+def save_imported_checkpoint(
+    model: CLIP | SigLIP, path: Path, source: Mapping[str, str], inputs: dict[str, Any] | None = None
+) -> None:
+    """A checkpoint that `zeroshot export` and model.train.load_checkpoint accept (step 0, no optimizer);
+    `inputs`: the model's tokenizer and preprocessing when not CLIP's (model/checkpoint_inputs.py)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     ckpt = {
         "model_config": model.config.to_dict(),
         "model": model.state_dict(),
         "step": 0,
         "source": dict(source),
-    }
+    } | ({"inputs": inputs} if inputs is not None else {})
     save_checkpoint(path, ckpt)

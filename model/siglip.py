@@ -332,10 +332,10 @@ class SigLIP(nn.Module):
     def forward(
         self, pixel_values: torch.Tensor, input_ids: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Normalized image and text features, the (clamped) logit scale and the logit bias."""
+        """Normalized image and text features, the logit scale exp(t) and the logit bias."""
         image = F.normalize(self.encode_image(pixel_values), dim=-1)
         text = F.normalize(self.encode_text(input_ids), dim=-1)
-        return image, text, self.logit_scale.exp().clamp(max=100.0), self.logit_bias
+        return image, text, self.logit_scale.exp(), self.logit_bias  # no cap on the scale, as in the paper
 
 
 def build_siglip(cfg: SiglipConfig | None = None) -> SigLIP:

@@ -10,9 +10,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from model.bundle.hf_tokenizer import FixedLengthTokenizer
 from model.bundle.preprocess import PreprocessConfig
 from model.bundle.tokenizer import ClipTokenizer
 from model.clip import CLIP
+from model.siglip import SigLIP
 
 IMAGE_BATCH = 128
 
@@ -23,9 +25,14 @@ class TorchEncoders:
     provider = "torch"
     image_precision = "fp32"
 
-    def __init__(self, model: CLIP, tokenizer: ClipTokenizer) -> None:
+    def __init__(
+        self,
+        model: CLIP | SigLIP,
+        tokenizer: ClipTokenizer | FixedLengthTokenizer,
+        preprocess: PreprocessConfig | None = None,
+    ) -> None:
         self.model, self.tokenizer = model, tokenizer
-        self.preprocess = PreprocessConfig(image_size=model.config.vision.image_size)
+        self.preprocess = preprocess or PreprocessConfig(image_size=model.config.vision.image_size)
         self.embed_dim = model.config.embed_dim
         self.device = model.logit_scale.device
 

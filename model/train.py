@@ -22,15 +22,16 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from model import distributed as dd
 from model.bundle.atomic import atomic_write_text
-from model.bundle.tokenizer import ClipTokenizer
 from model.checkpoints import (
     BEST,
     LAST,
+    Start,
+    Trainable,
     TrainError,
     build_for_training,
     keep_step_copy,
@@ -41,6 +42,7 @@ from model.checkpoints import (
 from model.clip import CLIP
 from model.loss import MAX_LOGIT_SCALE, contrastive_loss, sigmoid_loss
 from model.train_config import TrainConfig
+from model.train_data import check_batch, make_loader
 from model.train_eval import best_key, run_eval
 from model.train_logs import MetricsLog, plot_curves
 
@@ -74,8 +76,14 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
 
 
 def checkpoint_state(
-    model: CLIP, opt: torch.optim.Optimizer, step: int, cfg: TrainConfig, best: float | None = None
+    model: Trainable,
+    opt: torch.optim.Optimizer,
+    step: int,
+    cfg: TrainConfig,
+    best: float | None = None,
+    inputs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """`inputs`: the model's tokenizer and preprocessing when they are not CLIP's own (a SigLIP's)."""
     return {
         "model_config": model.config.to_dict(),
         "train_config": asdict(cfg),
@@ -84,7 +92,7 @@ def checkpoint_state(
         "step": step,
         "data_position": step * cfg.batch_size,  # global samples consumed; the sampler is indexed by it
         "best_eval": best,
-    }
+    } | ({"inputs": inputs} if inputs is not None else {})
 
 
 def _device(cfg: TrainConfig, d: dd.Dist) -> torch.device:
@@ -97,59 +105,9 @@ def _device(cfg: TrainConfig, d: dd.Dist) -> torch.device:
     return torch.device(cfg.device)
 
 
-def _loader(
-    cfg: TrainConfig, d: dd.Dist, image_size: int, start: int, tokenizer: ClipTokenizer
-) -> DataLoader[Any]:
-    from model.data import collate_pairs, open_source
-
-    per_rank = cfg.batch_size // d.world_size
-    micro = per_rank // cfg.accum_steps
-    options = dict(cfg.data_options)
-    if cfg.data == "webdataset":  # blocks of one micro-batch: a resume reads exactly the same batches
-        options.setdefault("block_size", micro)
-    src = open_source(cfg.data, cfg.data_path, image_size, cfg.seed, options)
-    if cfg.data == "synthetic":  # the generator's options are TrainConfig fields, not data_options
-        from model.data import SyntheticPairs
-
-        src = SyntheticPairs(
-            image_size,
-            cfg.seed,
-            style=cfg.synthetic_style,
-            scene_fraction=cfg.scene_fraction,
-            varied_fraction=cfg.varied_fraction,
-        )
-    common: dict[str, Any] = {
-        "batch_size": micro,
-        "collate_fn": collate_pairs(tokenizer),
-        "num_workers": cfg.num_workers,
-        "prefetch_factor": 4 if cfg.num_workers else None,
-    }
-    if isinstance(src, IterableDataset):
-        src.configure(d.rank, d.world_size, skip=start * per_rank)
-        return DataLoader(src, **common)
-    sampler = dd.GlobalBatchSampler(
-        len(src),
-        cfg.batch_size,
-        d,
-        cfg.seed,
-        start,
-        cfg.steps,
-        shuffle=cfg.data != "synthetic",  # synthetic item i is already a random draw from (seed, i)
-    )
-    return DataLoader(src, sampler=sampler, drop_last=True, **common)
-
-
-def _check_batch(cfg: TrainConfig, d: dd.Dist) -> None:
-    if cfg.batch_size % (d.world_size * cfg.accum_steps):
-        raise TrainError(
-            f"batch_size {cfg.batch_size} must be a multiple of world size x accum_steps "
-            f"({d.world_size} x {cfg.accum_steps})"
-        )
-
-
 def train_step(
     model: nn.Module,
-    raw: CLIP,
+    raw: Trainable,
     micro: list[tuple[torch.Tensor, torch.Tensor]],
     d: dd.Dist,
     autocast: Any,
@@ -219,7 +177,7 @@ def _agree(values: list[float], d: dd.Dist) -> list[float]:
     return t.tolist()
 
 
-def _prepare(model: CLIP, cfg: TrainConfig, device: torch.device, d: dd.Dist) -> nn.Module:
+def _prepare(model: Trainable, cfg: TrainConfig, device: torch.device, d: dd.Dist) -> nn.Module:
     """Freeze (LiT), checkpoint, move, wrap in DDP and compile, in that order; returns what to call."""
     if cfg.lock_image:
         for p in model.visual.parameters():
@@ -255,21 +213,21 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, stop_after: int | 
     torch.manual_seed(cfg.seed)
     d = dd.init_from_env(torch.device("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu"))
     try:
-        _check_batch(cfg, d)
+        check_batch(cfg, d)
         device = _device(cfg, d)
-        tokenizer = ClipTokenizer.clip_bpe()
-        raw, ckpt = build_for_training(cfg, resume)
+        begin = build_for_training(cfg, resume)
+        raw, ckpt = begin.model, begin.resumed
         start = int(ckpt["step"]) if ckpt else 0
         best = ckpt.get("best_eval", ckpt.get("best_heldout_top1")) if ckpt else None
         model = _prepare(raw.train(), cfg, device, d)
         opt = make_optimizer(raw, cfg)
         if ckpt and "optimizer" in ckpt:
             opt.load_state_dict(ckpt["optimizer"])
-        loader = _loader(cfg, d, raw.config.vision.image_size, start, tokenizer)
+        loader = make_loader(cfg, d, begin.inputs, start)
         if d.main:
             ckdir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(out / "train_config.json", json.dumps(asdict(cfg), indent=2) + "\n")
-        _loop(cfg, d, model, raw, opt, loader, tokenizer, device, start, best, stop_after)
+        _loop(cfg, d, model, raw, opt, loader, begin, device, start, best, stop_after)
         # Leave together. Seen once in ~10 runs under load: rank 1 aborted ("terminate called without
         # an active exception") tearing its gloo group down while rank 0 still wrote its checkpoint.
         if d.enabled:
@@ -284,7 +242,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, stop_after: int | 
 def _optimize(
     cfg: TrainConfig,
     model: nn.Module,
-    raw: CLIP,
+    raw: Trainable,
     opt: torch.optim.Optimizer,
     micro: list[tuple[torch.Tensor, torch.Tensor]],
     class_ids: torch.Tensor | None,
@@ -303,8 +261,9 @@ def _optimize(
     if cfg.grad_clip:
         nn.utils.clip_grad_norm_([p for p in raw.parameters() if p.requires_grad], cfg.grad_clip)
     opt.step()
-    with torch.no_grad():  # keep exp(t) <= 100 in the parameter itself, as OpenAI does
-        raw.logit_scale.clamp_(0, math.log(MAX_LOGIT_SCALE))
+    if isinstance(raw, CLIP):  # keep exp(t) <= 100 in the parameter itself, as OpenAI does; a SigLIP's
+        with torch.no_grad():  # t is left as it was trained (forward clamps the scale it uses)
+            raw.logit_scale.clamp_(0, math.log(MAX_LOGIT_SCALE))
     return loss
 
 
@@ -312,10 +271,10 @@ def _loop(
     cfg: TrainConfig,
     d: dd.Dist,
     model: nn.Module,
-    raw: CLIP,
+    raw: Trainable,
     opt: torch.optim.Optimizer,
     loader: DataLoader[Any],
-    tokenizer: ClipTokenizer,
+    begin: Start,
     device: torch.device,
     start: int,
     best: float | None,
@@ -353,7 +312,7 @@ def _loop(
         }
         if d.main:
             assert metrics is not None
-            best = _evaluate_and_save(cfg, raw, opt, tokenizer, rec, best, key, done, stop)
+            best = _evaluate_and_save(cfg, raw, opt, begin, rec, best, key, done, stop)
             metrics.write(rec)
             bar.update(1)
             bar.set_postfix(
@@ -371,9 +330,9 @@ def _loop(
 
 def _evaluate_and_save(
     cfg: TrainConfig,
-    raw: CLIP,
+    raw: Trainable,
     opt: torch.optim.Optimizer,
-    tokenizer: ClipTokenizer,
+    begin: Start,
     rec: dict[str, Any],
     best: float | None,
     key: str | None,
@@ -384,13 +343,13 @@ def _evaluate_and_save(
     ckdir = Path(cfg.out_dir) / "checkpoints"
     final = done == cfg.steps or stop
     if key and (done % cfg.eval_every == 0 or final):
-        rec.update(run_eval(raw, tokenizer, cfg))
+        rec.update(run_eval(raw, begin.inputs, cfg))
         if best is None or rec[key] > best:
             best = rec[key]
-            save_checkpoint(ckdir / BEST, checkpoint_state(raw, opt, done, cfg, best))
+            save_checkpoint(ckdir / BEST, checkpoint_state(raw, opt, done, cfg, best, begin.inputs_entry))
     periodic = done % cfg.checkpoint_every == 0
     if periodic or final:
-        save_checkpoint(ckdir / LAST, checkpoint_state(raw, opt, done, cfg, best))
+        save_checkpoint(ckdir / LAST, checkpoint_state(raw, opt, done, cfg, best, begin.inputs_entry))
     if periodic and cfg.keep_checkpoints > 0:
         keep_step_copy(ckdir, done, cfg.keep_checkpoints)
     return best

@@ -224,7 +224,7 @@ class TrainConfig:
                     f"label_aware needs class labels, and {self.data} data has none (its captions are "
                     f"free text): label-aware targets are for {' or '.join(LABELLED_KINDS)} data"
                 )
-        # the loop splits each batch into accum_steps micro-batches (model/train.py _check_batch
+        # the loop splits each batch into accum_steps micro-batches (model/train_data.py check_batch
         # also divides by the world size, known only there)
         if self.batch_size % self.accum_steps:
             raise TrainError(

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import logging
 
-from model.bundle.tokenizer import ClipTokenizer
-from model.clip import CLIP
+from model.checkpoint_inputs import ModelInputs
+from model.checkpoints import Trainable
 from model.data.files import DataError
 from model.evaluate import folder_report, synthetic_report
 from model.torch_encoders import TorchEncoders
@@ -16,12 +16,12 @@ from model.train_config import TrainConfig
 log = logging.getLogger(__name__)
 
 
-def run_eval(model: CLIP, tokenizer: ClipTokenizer, cfg: TrainConfig) -> dict[str, float]:
+def run_eval(model: Trainable, inputs: ModelInputs, cfg: TrainConfig) -> dict[str, float]:
     """Synthetic held-out/seen top-1 (the `synthetic` templates), or the eval folder's top-1."""
     was_training = model.training
     model.eval()
     try:
-        encoders = TorchEncoders(model, tokenizer)
+        encoders = TorchEncoders(model, inputs.tokenizer, inputs.preprocess)
         if cfg.eval_folder:
             try:
                 report = folder_report(encoders, cfg.eval_folder, (cfg.eval_templates,), cfg.eval_images)

@@ -8,7 +8,7 @@ from typing import Any, TypeAlias
 import numpy as np
 import torch
 
-from model.bundle.tokenizer import ClipTokenizer
+from model.bundle.tokenizer import TextTokenizer
 from model.data.files import DataError, Pair
 from model.data.map_sources import CsvPairs, ImageFolderPairs, MapPairs, SyntheticPairs
 from model.data.webdataset_pairs import DEFAULT_IMAGE_KEYS, WebDatasetPairs
@@ -107,7 +107,7 @@ def _class_ids(batch: Sequence[Pair]) -> torch.Tensor | None:
 class _Collate:
     """Stack pixels, tokenize captions, add up the unreadable items passed over, stack class ids."""
 
-    def __init__(self, tokenizer: ClipTokenizer) -> None:
+    def __init__(self, tokenizer: TextTokenizer) -> None:
         self.tokenizer = tokenizer
 
     def __call__(self, batch: Sequence[Pair]) -> Batch:
@@ -121,7 +121,7 @@ class _Collate:
         return pixels, torch.from_numpy(ids), sum(int(b[2]) for b in batch), _class_ids(batch)
 
 
-def collate_pairs(tokenizer: ClipTokenizer) -> Callable[[Sequence[Pair]], Batch]:
+def collate_pairs(tokenizer: TextTokenizer) -> Callable[[Sequence[Pair]], Batch]:
     """The DataLoader collate_fn: (pixels [B, 3, S, S], ids [B, L] with L % 8 == 0 or 77, skipped,
     class ids [B] or None for a source without labels)."""
     return _Collate(tokenizer)

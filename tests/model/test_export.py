@@ -188,6 +188,7 @@ def test_training_eval_and_zeroshot_eval_score_the_same_images_the_same_way(
 ) -> None:
     """The eval a run logs (torch) and `zeroshot eval` of its bundle (ONNX) are one path: the same
     images, prompts and maths, so they predict the same class for (nearly) every image."""
+    from model.checkpoint_inputs import ModelInputs
     from model.evaluate import synthetic_report
     from model.torch_encoders import TorchEncoders
     from model.train_config import TrainConfig
@@ -204,5 +205,5 @@ def test_training_eval_and_zeroshot_eval_score_the_same_images_the_same_way(
         assert abs(a["top1"] - o["top1"]) <= 1 / n, (split, a["top1"], o["top1"])
         differ = [c for c in a["per_class_top1"] if a["per_class_top1"][c] != o["per_class_top1"][c]]
         assert len(differ) <= 1, differ  # a near-tie may flip one image, no more
-    logged = run_eval(tiny, tok, TrainConfig(eval_images=n))
+    logged = run_eval(tiny, ModelInputs(tok, TorchEncoders(tiny, tok).preprocess), TrainConfig(eval_images=n))
     assert logged == {"heldout_top1": torch_side["heldout"]["top1"], "seen_top1": torch_side["seen"]["top1"]}

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import model.data.synthetic_scenes as scenes
-from model.bundle.tokenizer import ClipTokenizer
+from model.checkpoint_inputs import ModelInputs
 from model.checkpoints import TrainError
 from model.data import DataError, SyntheticPairs
 from model.data.synthetic import (
@@ -26,8 +26,8 @@ from model.data.synthetic import (
     class_name,
 )
 from model.distributed import Dist
-from model.train import _loader
 from model.train_config import TrainConfig
+from model.train_data import make_loader
 
 PALETTE_HUE = {c: colorsys.rgb_to_hsv(*(np.array(rgb) / 255))[0] * 360 for c, rgb in COLOUR_RGB.items()}
 
@@ -252,7 +252,7 @@ def test_options_reach_the_training_source() -> None:
         {"synthetic_style": "varied", "varied_fraction": 0.5, "scene_fraction": 0.25}
         | {"batch_size": 8, "steps": 2, "num_workers": 0}
     )
-    loader = _loader(cfg, Dist(), 32, 0, ClipTokenizer.clip_bpe())
+    loader = make_loader(cfg, Dist(), ModelInputs.clip(32), 0)
     source = loader.dataset
     assert isinstance(source, SyntheticPairs)
     shapes = source.shapes
