@@ -104,6 +104,28 @@ PRESETS: dict[str, CLIPConfig] = {
         TextConfig(width=128, heads=4, layers=1),
         activation="gelu",
     ),
+    # Sizes around `tiny` for the scaling bench (bench/scaling.py), the same family at 64 px.
+    # nano: tiny at stem width 16 (the size above that swung across seeds), ~0.3x tiny's FLOPs
+    "nano": CLIPConfig(
+        128,
+        VisionConfig("resnet", 64, 16, (1, 1, 1, 1), heads=4),
+        TextConfig(width=128, heads=4, layers=1),
+        activation="gelu",
+    ),
+    # small: stem 48, embed and text width 192; ~2.2x tiny's FLOPs, ~2x its step time on 2 cores
+    "small": CLIPConfig(
+        192,
+        VisionConfig("resnet", 64, 48, (1, 1, 1, 1), heads=4),
+        TextConfig(width=192, heads=4, layers=1),
+        activation="gelu",
+    ),
+    # medium: stem 64, two bottlenecks a stage, width 256; ~5x tiny's FLOPs, ~3x its step time
+    "medium": CLIPConfig(
+        256,
+        VisionConfig("resnet", 64, 64, (2, 2, 2, 2), heads=4),
+        TextConfig(width=256, heads=4, layers=1),
+        activation="gelu",
+    ),
 }
 
 
