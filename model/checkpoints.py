@@ -21,6 +21,7 @@ import torch
 from model.bundle.atomic import atomic_write
 from model.checkpoint_inputs import InputsError, ModelInputs, read_inputs
 from model.clip import CLIP, CLIPConfig, build_model, get_preset, with_image_size
+from model.objectives import PREDICTIVE, BowPredictive, CaptionLM, PredictiveConfig, build_predictive
 from model.siglip import FAMILY, SigLIP, SiglipConfig
 
 if TYPE_CHECKING:  # train_config imports TrainError from here
@@ -71,14 +72,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict[str, Any]) -> CLIP | SigLIP:
-    """The model a checkpoint holds: a SigLIP when its config says family "siglip", else a CLIP."""
+def model_from_checkpoint(ckpt: dict[str, Any]) -> Trainable:
+    """The model a checkpoint holds: a SigLIP when its config says family "siglip", a predictive model
+    (model/objectives.py) when it names a predictive objective, else a CLIP."""
     mcfg = ckpt["model_config"]
-    model: CLIP | SigLIP = (
-        SigLIP(SiglipConfig.from_dict(mcfg))
-        if mcfg.get("family") == FAMILY
-        else CLIP(CLIPConfig.from_dict(mcfg))
-    )
+    model: Trainable
+    if mcfg.get("family") == FAMILY:
+        model = SigLIP(SiglipConfig.from_dict(mcfg))
+    elif mcfg.get("objective") in PREDICTIVE:
+        model = build_predictive(PredictiveConfig.from_dict(mcfg))
+    else:
+        model = CLIP(CLIPConfig.from_dict(mcfg))
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
@@ -111,11 +115,16 @@ def resolve_init(source: str | Path) -> Path:
 
 
 def model_config(cfg: TrainConfig) -> CLIPConfig:
+    """The preset, with a bias for the sigmoid loss and a bag-of-words text tower for bow-contrastive."""
     mcfg = replace(get_preset(cfg.preset), logit_bias=cfg.loss == "sigmoid")
+    if cfg.objective == "bow-contrastive":
+        mcfg = replace(mcfg, text=replace(mcfg.text, kind="bag"))
     return with_image_size(mcfg, cfg.image_size) if cfg.image_size else mcfg
 
 
-Trainable = CLIP | SigLIP  # a SigLIP is fine-tuned (imported, with its own inputs), never built fresh
+# a SigLIP is fine-tuned (imported, with its own inputs), never built fresh; a predictive model is
+# only ever built fresh (nothing published is one)
+Trainable = CLIP | SigLIP | BowPredictive | CaptionLM
 
 
 @dataclass(frozen=True)
@@ -145,6 +154,11 @@ def build_for_training(cfg: TrainConfig, resume: str | Path | None) -> Start:
         ckpt = load_checkpoint(resume)
         model = model_from_checkpoint(ckpt)
         return Start(model, ckpt, inputs_of(ckpt, model), ckpt.get("inputs"))
+    if cfg.objective in PREDICTIVE:  # from scratch (TrainConfig refuses init_from for them)
+        from model.objective_eval import fresh_predictive
+
+        model, inputs = fresh_predictive(cfg)
+        return Start(model, None, inputs, None)
     if cfg.init_from:
         src = resolve_init(cfg.init_from)
         ckpt = load_checkpoint(src)
@@ -152,6 +166,14 @@ def build_for_training(cfg: TrainConfig, resume: str | Path | None) -> Start:
         size = model.config.vision.image_size
         if cfg.image_size and cfg.image_size != size:
             raise TrainError(f"image_size {cfg.image_size} differs from {src}'s {size}; leave it unset")
+        if isinstance(model, BowPredictive | CaptionLM):
+            raise TrainError(f"{src} holds a {model.config.objective} model, which cannot be fine-tuned")
+        bag = isinstance(model, CLIP) and model.config.text.kind == "bag"
+        if bag != (cfg.objective == "bow-contrastive"):
+            raise TrainError(
+                f"objective {cfg.objective} cannot fine-tune {src}, a "
+                f"{'bow-contrastive' if bag else 'contrastive'} model: set objective to match it"
+            )
         sigmoid = isinstance(model, SigLIP) or model.config.logit_bias
         if sigmoid != (cfg.loss == "sigmoid"):
             raise TrainError(

@@ -32,6 +32,7 @@ _TRAIN_FLAGS = (
     "lr",
     "seed",
     "precision",
+    "objective",
     "loss",
     "label_aware",
     "device",
@@ -197,7 +198,7 @@ Subparsers = Any  # argparse's _SubParsersAction, which it does not export
 
 
 def _train_parser(sub: Subparsers) -> None:
-    t = sub.add_parser("train", help="train CLIP with the contrastive objective")
+    t = sub.add_parser("train", help="train CLIP with the contrastive objective (or another: --objective)")
     t.add_argument(
         "--preset", help="architecture: tiny, tiny-vit, ViT-B-32, ViT-B-16, ViT-L-14, RN50 (default tiny)"
     )
@@ -213,6 +214,13 @@ def _train_parser(sub: Subparsers) -> None:
     t.add_argument("--lr", type=positive_float)
     t.add_argument("--seed", type=non_negative_int)
     t.add_argument("--precision", choices=["fp32", "bf16"])
+    t.add_argument(
+        "--objective",
+        choices=["contrastive", "bow-contrastive", "bow-predictive", "caption-lm"],
+        help="contrastive: CLIP's (default); bow-contrastive: with a bag-of-words text tower; "
+        "bow-predictive, caption-lm: predict the caption's words (the paper's Figure 2; evaluated with "
+        "`zeroshot eval --checkpoint`, not exported)",
+    )
     t.add_argument(
         "--loss",
         choices=["softmax", "sigmoid"],

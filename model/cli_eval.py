@@ -13,6 +13,8 @@ from model.cli_types import positive_int
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    if args.checkpoint:
+        return _eval_checkpoint(args)
     if args.open_set:
         return _eval_open_set(args)
     if args.robustness:
@@ -56,6 +58,47 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(format_report(report))
 
 
+def _eval_checkpoint(args: argparse.Namespace) -> None:
+    """A training checkpoint of any objective, in torch on the CPU, through the same images, prompts
+    and metrics as a bundle's eval; nothing is written."""
+    from model.bundle.prompts import load_templates
+    from model.evaluate import (
+        DEFAULT_TEMPLATE_SETS,
+        FOLDER_TEMPLATE_SETS,
+        folder_report,
+        format_report,
+        synthetic_report,
+    )
+
+    given = [
+        flag
+        for flag, on in (
+            ("--open-set", args.open_set),
+            ("--robustness", args.robustness),
+            ("--backend", args.backend != "onnxruntime"),
+            ("--precision", args.precision != "fp32"),
+            ("--image-precision", args.image_precision != "fp32"),
+        )
+        if on
+    ]
+    if given:
+        raise CliError(f"--checkpoint evaluates a model in torch; {', '.join(given)} apply to bundles")
+    if args.limit is not None and not args.folder:
+        raise CliError("--limit applies to --folder evaluation only")
+    default = FOLDER_TEMPLATE_SETS if args.folder else DEFAULT_TEMPLATE_SETS
+    templates = [t.strip() for t in (args.templates or ",".join(default)).split(",") if t.strip()]
+    for t in templates:
+        load_templates(t)
+    from model.objective_eval import checkpoint_scorer
+
+    scorer = checkpoint_scorer(args.checkpoint)
+    if args.folder:
+        report = folder_report(scorer, args.folder, templates, args.limit)
+    else:
+        report = synthetic_report(scorer, args.heldout_images, args.seen_images, templates)
+    print(format_report(report))
+
+
 def _eval_open_set(args: argparse.Namespace) -> None:
     import json
 
@@ -83,6 +126,11 @@ def add_parser(sub: Any) -> None:
         nargs="?",
         default=str(DEFAULT_MODELS / "default"),
         help="bundle folder, or model folder with CURRENT (default models/default)",
+    )
+    v.add_argument(
+        "--checkpoint",
+        help="evaluate this training checkpoint (file or run folder) in torch instead of a bundle: any "
+        "objective, caption-lm and bow-predictive included (scored by caption likelihood)",
     )
     v.add_argument(
         "--templates",

@@ -49,6 +49,9 @@ class TextConfig:
     heads: int = 8
     layers: int = 12
     eot_id: int = 49407  # features are pooled at the first occurrence of this token
+    # transformer: the paper's causal text tower; bag: bow-contrastive's (model/objectives.py), the sum
+    # of the caption's token embeddings, then the projection (no order, no attention)
+    kind: Literal["transformer", "bag"] = "transformer"
 
 
 @dataclass(frozen=True)
@@ -340,21 +343,73 @@ class ModifiedResNet(nn.Module):
         return self.attnpool(x)  # [B, E]
 
 
+def image_tower(cfg: CLIPConfig) -> nn.Module:
+    """The preset's image tower, not yet initialised (init_image_tower; shared with model/objectives.py)."""
+    v = cfg.vision
+    if v.kind == "vit":
+        return VisionTransformer(v, cfg.embed_dim, cfg.activation)
+    if v.kind == "resnet":
+        return ModifiedResNet(v, cfg.embed_dim)
+    raise ValueError(f"unknown image tower kind {v.kind!r}; expected 'vit' or 'resnet'")
+
+
+def init_resnet(visual: nn.Module) -> None:
+    """OpenAI's initialisation of the modified ResNet's attention pool and residual branches."""
+    if not isinstance(visual, ModifiedResNet):
+        return
+    pool = visual.attnpool
+    std = pool.c_proj.in_features**-0.5
+    for lin in (pool.q_proj, pool.k_proj, pool.v_proj, pool.c_proj):
+        nn.init.normal_(lin.weight, std=std)
+    for stage in (visual.layer1, visual.layer2, visual.layer3, visual.layer4):
+        for block in stage.modules():
+            if isinstance(block, Bottleneck):
+                nn.init.zeros_(block.bn3.weight)  # each residual branch starts as identity
+
+
+def init_image_tower(visual: nn.Module) -> None:
+    init_resnet(visual)
+    if isinstance(visual, VisionTransformer):
+        init_transformer(visual.transformer)
+
+
+def init_transformer(tower: Transformer) -> None:
+    """OpenAI's initialisation of a transformer: depth-scaled residual projections."""
+    proj_std = (tower.width**-0.5) * ((2 * max(1, tower.layers)) ** -0.5)
+    attn_std, fc_std = tower.width**-0.5, (2 * tower.width) ** -0.5
+    for block in tower.resblocks:
+        assert isinstance(block, ResidualAttentionBlock)
+        nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
+        nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+        fc, proj = block.mlp[0], block.mlp[2]  # c_fc, c_proj
+        assert isinstance(fc, nn.Linear) and isinstance(proj, nn.Linear)
+        nn.init.normal_(fc.weight, std=fc_std)
+        nn.init.normal_(proj.weight, std=proj_std)
+
+
+def caption_mask(input_ids: torch.Tensor, eot_id: int) -> torch.Tensor:
+    """[B, L] ids -> [B, L] bool, True at the caption's own tokens: after the start-of-text token
+    (position 0) and before the first end-of-text token; padding and the specials are False."""
+    pos = torch.arange(input_ids.shape[1], device=input_ids.device)  # [L]
+    eot = (input_ids == eot_id).int().argmax(dim=-1, keepdim=True)  # [B, 1]
+    return (pos > 0) & (pos < eot)
+
+
 class CLIP(nn.Module):
+    positional_embedding: nn.Parameter  # absent from a bag-of-words text tower, which has no order
+
     def __init__(self, cfg: CLIPConfig) -> None:
         super().__init__()
         self.config = cfg
-        v, t = cfg.vision, cfg.text
-        self.visual: nn.Module
-        if v.kind == "vit":
-            self.visual = VisionTransformer(v, cfg.embed_dim, cfg.activation)
-        elif v.kind == "resnet":
-            self.visual = ModifiedResNet(v, cfg.embed_dim)
-        else:
-            raise ValueError(f"unknown image tower kind {v.kind!r}; expected 'vit' or 'resnet'")
-        self.transformer = Transformer(t.width, t.layers, t.heads, cfg.activation)
+        t = cfg.text
+        if t.kind not in ("transformer", "bag"):
+            raise ValueError(f"unknown text tower kind {t.kind!r}; expected 'transformer' or 'bag'")
+        self.bag = t.kind == "bag"
+        self.visual = image_tower(cfg)
+        self.transformer = Transformer(t.width, 0 if self.bag else t.layers, t.heads, cfg.activation)
         self.token_embedding = nn.Embedding(t.vocab_size, t.width)
-        self.positional_embedding = nn.Parameter(torch.empty(t.context_length, t.width))
+        if not self.bag:  # DDP refuses parameters that get no gradient
+            self.positional_embedding = nn.Parameter(torch.empty(t.context_length, t.width))
         self.ln_final = LayerNorm(t.width)
         self.text_projection = nn.Parameter(torch.empty(t.width, cfg.embed_dim))
         # the paper's initial temperature, or SigLIP's (t = log 10) with its bias b = -10
@@ -365,34 +420,16 @@ class CLIP(nn.Module):
         self.initialize_parameters()
 
     def initialize_parameters(self) -> None:
-        """OpenAI's initialisation: small normal embeddings, depth-scaled residual projections."""
-        t = self.config.text
+        """OpenAI's initialisation: small normal embeddings, depth-scaled residual projections (in
+        the order openai/CLIP draws them, so a seed gives the model it always gave)."""
         nn.init.normal_(self.token_embedding.weight, std=0.02)
-        nn.init.normal_(self.positional_embedding, std=0.01)
-        if isinstance(self.visual, ModifiedResNet):
-            pool = self.visual.attnpool
-            std = pool.c_proj.in_features**-0.5
-            for lin in (pool.q_proj, pool.k_proj, pool.v_proj, pool.c_proj):
-                nn.init.normal_(lin.weight, std=std)
-            for stage in (self.visual.layer1, self.visual.layer2, self.visual.layer3, self.visual.layer4):
-                for block in stage.modules():
-                    if isinstance(block, Bottleneck):
-                        nn.init.zeros_(block.bn3.weight)  # each residual branch starts as identity
-        towers = [self.transformer]
+        if not self.bag:
+            nn.init.normal_(self.positional_embedding, std=0.01)
+        init_resnet(self.visual)
+        init_transformer(self.transformer)
         if isinstance(self.visual, VisionTransformer):
-            towers.append(self.visual.transformer)
-        for tower in towers:
-            proj_std = (tower.width**-0.5) * ((2 * tower.layers) ** -0.5)
-            attn_std, fc_std = tower.width**-0.5, (2 * tower.width) ** -0.5
-            for block in tower.resblocks:
-                assert isinstance(block, ResidualAttentionBlock)
-                nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
-                nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
-                fc, proj = block.mlp[0], block.mlp[2]  # c_fc, c_proj
-                assert isinstance(fc, nn.Linear) and isinstance(proj, nn.Linear)
-                nn.init.normal_(fc.weight, std=fc_std)
-                nn.init.normal_(proj.weight, std=proj_std)
-        nn.init.normal_(self.text_projection, std=t.width**-0.5)
+            init_transformer(self.visual.transformer)
+        nn.init.normal_(self.text_projection, std=self.config.text.width**-0.5)
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         self.transformer.grad_checkpointing = enabled
@@ -405,6 +442,10 @@ class CLIP(nn.Module):
 
     def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
         """[B, L] token ids, L <= context_length, padded after the end-of-text token -> [B, E]."""
+        if self.bag:  # bow-contrastive: the sum of the caption's token embeddings, padding left out
+            keep = caption_mask(input_ids, self.config.text.eot_id)  # [B, L]
+            x = (self.token_embedding(input_ids) * keep[..., None]).sum(dim=1)  # [B, D]
+            return self.ln_final(x) @ self.text_projection  # [B, E]
         seq_len = input_ids.shape[1]
         x = self.token_embedding(input_ids) + self.positional_embedding[:seq_len]  # [B, L, D]
         mask = self.attn_mask[:seq_len, :seq_len]  # type: ignore[index]

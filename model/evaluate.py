@@ -77,6 +77,18 @@ def _metrics(sim: np.ndarray, truth: Sequence[str], classes: Sequence[str]) -> d
     }
 
 
+def class_scores(
+    encoders: Encoders, image_features: np.ndarray, classes: Sequence[str], templates: Sequence[str]
+) -> np.ndarray:
+    """[N, C] zero-shot scores: cosine to the prompt-ensembled label embeddings, or, for a model that
+    scores captions instead of embedding them (caption-lm, bow-predictive: model/objective_eval.py),
+    its own `class_scores` (the prompts' log-likelihoods)."""
+    own = getattr(encoders, "class_scores", None)
+    if own is not None:
+        return np.asarray(own(image_features, classes, templates))
+    return image_features @ label_matrix(encoders, classes, templates).T
+
+
 def synthetic_report(
     encoders: Encoders,
     heldout_images: int = 600,
@@ -92,9 +104,10 @@ def synthetic_report(
     }
     results: dict[str, Any] = {}
     for tset in template_sets:
-        matrix = label_matrix(encoders, classes, load_templates(tset))
+        templates = load_templates(tset)
         results[tset] = {
-            split: _metrics(f @ matrix.T, names, classes) for split, (f, names) in splits.items()
+            split: _metrics(class_scores(encoders, f, classes, templates), names, classes)
+            for split, (f, names) in splits.items()
         }
     primary = "synthetic" if "synthetic" in results else template_sets[0]
     held = results[primary]["heldout"]["per_class_top1"]
@@ -254,8 +267,7 @@ def _folder_report(
     feats, labels, skipped = _encode_folder(encoders, _take(index.samples, limit))
     truth = [classes[y] for y in labels]
     results = {
-        t: _metrics(feats @ label_matrix(encoders, classes, ts).T, truth, classes)
-        for t, ts in templates.items()
+        t: _metrics(class_scores(encoders, feats, classes, ts), truth, classes) for t, ts in templates.items()
     }
     primary = results[template_sets[0]]
     recall = primary["per_class_top1"]

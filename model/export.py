@@ -349,9 +349,16 @@ def export_checkpoint(
     ``calibration_folder`` (images like those it will serve), else on the rendered sample images,
     which suit only a model trained on the synthetic shapes."""
     from model.checkpoints import inputs_of, load_checkpoint, model_from_checkpoint
+    from model.objectives import BowPredictive, CaptionLM
 
     ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt)
+    if isinstance(model, BowPredictive | CaptionLM):
+        raise ExportError(
+            f"{checkpoint} holds a {model.config.objective} model, which scores captions by their "
+            "likelihood and has no text encoder to serve: only contrastive and bow-contrastive models "
+            f"export to a bundle (evaluate it with `zeroshot eval --checkpoint {checkpoint}`)"
+        )
     inputs = inputs_of(ckpt, model)  # CLIP's BPE and preprocessing, or those a SigLIP came with
     size = model.config.vision.image_size
     images, texts = sample_inputs(size, n_images, inputs.preprocess)

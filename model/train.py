@@ -41,6 +41,7 @@ from model.checkpoints import (
 )
 from model.clip import CLIP
 from model.loss import MAX_LOGIT_SCALE, contrastive_loss, sigmoid_loss
+from model.objectives import BowPredictive, CaptionLM, predictive_step
 from model.train_config import TrainConfig
 from model.train_data import check_batch, make_loader
 from model.train_eval import best_key, run_eval
@@ -257,7 +258,10 @@ def _optimize(
     if cfg.label_aware and class_ids is None:  # TrainConfig allows it only for sources with labels
         raise TrainError(f"label_aware is on but the {cfg.data} source gave no class ids")
     positives = dd.global_positives(class_ids, d) if cfg.label_aware and class_ids is not None else None
-    loss = train_step(model, raw, micro, d, autocast, positives)
+    if isinstance(raw, BowPredictive | CaptionLM):
+        loss = predictive_step(model, micro, d.enabled, autocast)
+    else:
+        loss = train_step(model, raw, micro, d, autocast, positives)
     if cfg.grad_clip:
         nn.utils.clip_grad_norm_([p for p in raw.parameters() if p.requires_grad], cfg.grad_clip)
     opt.step()
@@ -305,19 +309,19 @@ def _loop(
             "step": done,
             "loss": loss,
             "lr": lr,
-            "logit_scale": raw.logit_scale.exp().item(),
             "images_per_s": seen / (time.perf_counter() - t0),
             "elapsed_s": time.perf_counter() - t0,
             "skipped_images": skipped_total,
         }
+        if not isinstance(raw, BowPredictive | CaptionLM):  # a predictive model has no temperature
+            rec["logit_scale"] = raw.logit_scale.exp().item()
         if d.main:
             assert metrics is not None
             best = _evaluate_and_save(cfg, raw, opt, begin, rec, best, key, done, stop)
             metrics.write(rec)
             bar.update(1)
-            bar.set_postfix(
-                loss=f"{loss:.3f}", img_s=f"{rec['images_per_s']:.0f}", T=f"{rec['logit_scale']:.1f}"
-            )
+            shown = {"loss": f"{loss:.3f}", "img_s": f"{rec['images_per_s']:.0f}"}
+            bar.set_postfix(shown | ({"T": f"{rec['logit_scale']:.1f}"} if "logit_scale" in rec else {}))
         if stop:
             log.warning("stopping at step %d of %d (time limit or stop_after)", done, cfg.steps)
             break

@@ -173,6 +173,10 @@ class TrainConfig:
     eps: float = 1e-6
     seed: int = 0
     precision: Literal["fp32", "bf16"] = "bf16"  # bf16 autocast, on CPU and CUDA alike
+    # the paper's Figure 2 (model/objectives.py): contrastive (CLIP, the default), bow-contrastive (its
+    # text tower a bag of words), bow-predictive and caption-lm (predict the caption's words; these
+    # score zero-shot by likelihood and do not export to a bundle)
+    objective: Literal["contrastive", "bow-contrastive", "bow-predictive", "caption-lm"] = "contrastive"
     # softmax: the paper's contrastive loss; sigmoid: SigLIP's pairwise loss (the model gets a bias)
     loss: Literal["softmax", "sigmoid"] = "softmax"
     # label-aware targets (UniCL, Yang et al., CVPR 2022), with either loss: every pair of the batch
@@ -216,6 +220,16 @@ class TrainConfig:
             )
         if self.synthetic_style == "classic" and self.varied_fraction != 1.0:
             raise TrainError("varied_fraction is for synthetic_style 'varied'")
+        if self.objective in ("bow-predictive", "caption-lm"):
+            if self.loss != "softmax" or self.label_aware:
+                raise TrainError(
+                    f"objective {self.objective} predicts the caption's words: loss and label_aware "
+                    "belong to the contrastive objectives (contrastive, bow-contrastive)"
+                )
+            if self.init_from or self.lock_image:
+                raise TrainError(
+                    f"objective {self.objective} trains from scratch: no init_from, no lock_image"
+                )
         if self.label_aware:
             from model.data.sources import LABELLED_KINDS
 
@@ -235,7 +249,7 @@ class TrainConfig:
     def uses_label_aware(self) -> bool:
         """label_aware with None (auto) decided: on for folder data under the softmax loss, else off."""
         if self.label_aware is None:
-            return self.data == "folder" and self.loss == "softmax"
+            return self.data == "folder" and self.loss == "softmax" and self.objective.endswith("contrastive")
         return self.label_aware
 
     def preflight(self) -> None:

@@ -3,7 +3,7 @@ tokenizer and preprocessing), in global batches that every rank and a resumed ru
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch.utils.data import DataLoader, IterableDataset
 
@@ -12,13 +12,14 @@ from model.checkpoint_inputs import ModelInputs
 from model.checkpoints import TrainError
 from model.train_config import TrainConfig
 
+if TYPE_CHECKING:
+    from model.data.sources import PairSource
 
-def make_loader(cfg: TrainConfig, d: dd.Dist, inputs: ModelInputs, start: int) -> DataLoader[Any]:
-    """Batches of (pixels, token ids, skipped, class ids) from `start` steps in."""
-    from model.data import collate_pairs, open_source
 
-    per_rank = cfg.batch_size // d.world_size
-    micro = per_rank // cfg.accum_steps
+def training_source(cfg: TrainConfig, inputs: ModelInputs, micro: int = 1) -> PairSource:
+    """The source a TrainConfig names, read with the model's own preprocessing."""
+    from model.data import open_source
+
     options = dict(cfg.data_options)
     if cfg.data == "webdataset":  # blocks of one micro-batch: a resume reads exactly the same batches
         options.setdefault("block_size", micro)
@@ -36,6 +37,16 @@ def make_loader(cfg: TrainConfig, d: dd.Dist, inputs: ModelInputs, start: int) -
         )
     # the model's own preprocessing (a SigLIP's square squash and 0.5 mean/std), as it is served
     src.preprocess = inputs.preprocess
+    return src
+
+
+def make_loader(cfg: TrainConfig, d: dd.Dist, inputs: ModelInputs, start: int) -> DataLoader[Any]:
+    """Batches of (pixels, token ids, skipped, class ids) from `start` steps in."""
+    from model.data import collate_pairs
+
+    per_rank = cfg.batch_size // d.world_size
+    micro = per_rank // cfg.accum_steps
+    src = training_source(cfg, inputs, micro)
     common: dict[str, Any] = {
         "batch_size": micro,
         "collate_fn": collate_pairs(inputs.tokenizer),

@@ -10,7 +10,7 @@ from model.checkpoint_inputs import ModelInputs
 from model.checkpoints import Trainable
 from model.data.files import DataError
 from model.evaluate import folder_report, synthetic_report
-from model.torch_encoders import TorchEncoders
+from model.objective_eval import scorer_for
 from model.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -21,7 +21,7 @@ def run_eval(model: Trainable, inputs: ModelInputs, cfg: TrainConfig) -> dict[st
     was_training = model.training
     model.eval()
     try:
-        encoders = TorchEncoders(model, inputs.tokenizer, inputs.preprocess)
+        encoders = scorer_for(model, inputs)  # any objective: cosines, or caption likelihoods
         if cfg.eval_folder:
             try:
                 report = folder_report(encoders, cfg.eval_folder, (cfg.eval_templates,), cfg.eval_images)

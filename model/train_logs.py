@@ -66,10 +66,11 @@ def plot_curves(metrics_path: Path, png: Path) -> None:
     steps = [r["step"] for r in recs]
     fig, ax = plt.subplots(2, 2, figsize=(10, 7))
     ax[0, 0].plot(steps, [r["loss"] for r in recs], lw=0.8)
-    ax[0, 0].set(title="contrastive loss", xlabel="step", yscale="log")
+    ax[0, 0].set(title="training loss", xlabel="step", yscale="log")
     ax[0, 1].plot(steps, [r["lr"] for r in recs])
     ax[0, 1].set(title="learning rate", xlabel="step")
-    ax[1, 0].plot(steps, [r["logit_scale"] for r in recs])
+    scaled = [r for r in recs if "logit_scale" in r]  # a predictive objective has no temperature
+    ax[1, 0].plot([r["step"] for r in scaled], [r["logit_scale"] for r in scaled])
     ax[1, 0].set(title="logit scale exp(t)", xlabel="step")
     curves = (
         ("heldout_top1", "held-out pairs (zero-shot)"),
