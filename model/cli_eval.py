@@ -163,6 +163,11 @@ def add_parser(sub: Any) -> None:
         default="fp32",
         help="fp16: the bundle's fp16 files (export --fp16); bf16: with --backend openvino (native bf16)",
     )
+    _open_set_arguments(v)
+    v.set_defaults(func=cmd_eval)
+
+
+def _open_set_arguments(v: Any) -> None:
     v.add_argument(
         "--open-set",
         action="store_true",
@@ -180,4 +185,3 @@ def add_parser(sub: Any) -> None:
     )
     v.add_argument("--out-of-set-images", type=positive_int, default=360, help="with --open-set: far images")
     v.add_argument("--out", default="runs/eval-openset", help="with --open-set: where the JSON and PNG go")
-    v.set_defaults(func=cmd_eval)
