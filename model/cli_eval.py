@@ -21,15 +21,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
         from model.robustness import evaluate_robustness, format_robustness
 
         return print(format_robustness(evaluate_robustness(bundle_path(args.bundle), args.per_class)))
-    from model.bundle.prompts import load_templates
-    from model.evaluate import DEFAULT_TEMPLATE_SETS, FOLDER_TEMPLATE_SETS, format_report
+    from model.evaluate import format_report
 
-    default = FOLDER_TEMPLATE_SETS if args.folder else DEFAULT_TEMPLATE_SETS
-    templates = [t.strip() for t in (args.templates or ",".join(default)).split(",") if t.strip()]
-    for t in templates:  # a set name or a template file; a bad one fails before any model loads
-        load_templates(t)
-    if args.limit is not None and not args.folder:
-        raise CliError("--limit applies to --folder evaluation only")
+    templates = _template_sets(args)
     if args.folder:
         from model.evaluate import evaluate_folder
 
@@ -58,17 +52,25 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(format_report(report))
 
 
+def _template_sets(args: argparse.Namespace) -> list[str]:
+    """The template sets asked for (or the defaults), each checked, and --limit's use checked: a bad
+    one fails before any model loads."""
+    from model.bundle.prompts import load_templates
+    from model.evaluate import DEFAULT_TEMPLATE_SETS, FOLDER_TEMPLATE_SETS
+
+    default = FOLDER_TEMPLATE_SETS if args.folder else DEFAULT_TEMPLATE_SETS
+    templates = [t.strip() for t in (args.templates or ",".join(default)).split(",") if t.strip()]
+    for t in templates:  # a set name or a template file
+        load_templates(t)
+    if args.limit is not None and not args.folder:
+        raise CliError("--limit applies to --folder evaluation only")
+    return templates
+
+
 def _eval_checkpoint(args: argparse.Namespace) -> None:
     """A training checkpoint of any objective, in torch on the CPU, through the same images, prompts
     and metrics as a bundle's eval; nothing is written."""
-    from model.bundle.prompts import load_templates
-    from model.evaluate import (
-        DEFAULT_TEMPLATE_SETS,
-        FOLDER_TEMPLATE_SETS,
-        folder_report,
-        format_report,
-        synthetic_report,
-    )
+    from model.evaluate import folder_report, format_report, synthetic_report
 
     given = [
         flag
@@ -83,12 +85,7 @@ def _eval_checkpoint(args: argparse.Namespace) -> None:
     ]
     if given:
         raise CliError(f"--checkpoint evaluates a model in torch; {', '.join(given)} apply to bundles")
-    if args.limit is not None and not args.folder:
-        raise CliError("--limit applies to --folder evaluation only")
-    default = FOLDER_TEMPLATE_SETS if args.folder else DEFAULT_TEMPLATE_SETS
-    templates = [t.strip() for t in (args.templates or ",".join(default)).split(",") if t.strip()]
-    for t in templates:
-        load_templates(t)
+    templates = _template_sets(args)
     from model.objective_eval import checkpoint_scorer
 
     scorer = checkpoint_scorer(args.checkpoint)
